@@ -1,0 +1,117 @@
+"""The OpenAPI 3.1 document of the API, built from the route table so the two cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudctl import __version__
+from cloudctl.api.routes import ROUTES
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "one line for the operator"}},
+    },
+    "Node": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "mac": {"type": "string"},
+            "role": {"type": ["string", "null"], "enum": ["hnode", "snode", None]},
+            "ip": {"type": ["string", "null"]},
+            "state": {"type": "string", "enum": ["discovered", "registered", "ready", "drained"]},
+            "created_at": {"type": "number"},
+            "updated_at": {"type": "number"},
+        },
+    },
+    "Job": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "kind": {"type": "string"},
+            "state": {
+                "type": "string",
+                "enum": ["queued", "running", "succeeded", "failed", "cancelled"],
+            },
+            "params": {"type": "object"},
+            "result": {},
+            "error": {"type": ["string", "null"]},
+            "actor": {"type": "string"},
+            "reason": {"type": ["string", "null"]},
+            "created_at": {"type": "number"},
+            "started_at": {"type": ["number", "null"]},
+            "finished_at": {"type": ["number", "null"]},
+        },
+    },
+    "AuditEntry": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "integer"},
+            "at": {"type": "number"},
+            "actor": {"type": "string"},
+            "action": {"type": "string"},
+            "target": {"type": "string"},
+            "reason": {"type": ["string", "null"]},
+            "detail": {"type": "object"},
+        },
+    },
+}
+
+_ERROR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for route in ROUTES:
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.pattern.groupindex
+        ] + [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+            for name in route.query
+        ]
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": route.handler.__name__,
+            "parameters": parameters,
+            "responses": {
+                str(route.status): {
+                    "description": "success",
+                    "content": {"application/json": {"schema": route.response_schema}},
+                },
+                "4XX": _ERROR,
+                "5XX": _ERROR,
+            },
+        }
+        if route.request_schema is not None:
+            operation["requestBody"] = {
+                "required": route.method == "POST" and bool(route.request_schema.get("required")),
+                "content": {"application/json": {"schema": route.request_schema}},
+            }
+        paths.setdefault(route.template, {})[route.method.lower()] = operation
+    paths["/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "operationId": "openapi",
+            "responses": {"200": {"description": "the OpenAPI document"}},
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "cloudctld API",
+            "version": __version__,
+            "description": "Inventory, jobs and audit of a diskless network-boot cloud. "
+            "Unix socket without authentication (file mode controls access); "
+            "TCP requires `Authorization: Bearer TOKEN`.",
+        },
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": paths,
+    }

@@ -1,0 +1,99 @@
+"""`cloudctl node ...`: register, list, show, remove, drain and undrain nodes."""
+
+from __future__ import annotations
+
+import argparse
+
+from cloudctl.cli.client import ApiClient
+from cloudctl.cli.output import print_fields, print_json, print_table
+
+_FIELDS = ("name", "mac", "role", "ip", "state", "created_at", "updated_at")
+
+
+def register(nouns: argparse._SubParsersAction) -> None:
+    parser = nouns.add_parser("node", help="hardware and storage nodes")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    add = verbs.add_parser("add", help="register a node by its MAC")
+    add.add_argument("--mac", required=True)
+    add.add_argument("--role", required=True, choices=("hnode", "snode"))
+    add.add_argument("--name", help="default: next free hnN / snN")
+    add.add_argument("--ip", help="fixed address; default: next free one outside the dynamic range")
+    add.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _reason(add)
+    add.set_defaults(run=_add)
+
+    listing = verbs.add_parser("list", help="list nodes")
+    listing.add_argument("--role", choices=("hnode", "snode"))
+    listing.add_argument("--state", choices=("discovered", "registered", "ready", "drained"))
+    listing.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    listing.set_defaults(run=_list)
+
+    show = verbs.add_parser("show", help="show one node (by name or MAC)")
+    show.add_argument("name")
+    show.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    show.set_defaults(run=_show)
+
+    for verb, helptext in (
+        ("remove", "remove a node from the inventory"),
+        ("drain", "mark a node unschedulable"),
+        ("undrain", "make a drained node schedulable again"),
+    ):
+        sub = verbs.add_parser(verb, help=helptext)
+        sub.add_argument("name")
+        sub.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        _reason(sub)
+        sub.set_defaults(run=_change, verb=verb)
+
+
+def _reason(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reason", help="why; recorded in the audit log")
+
+
+def _print_node(node: dict, output: str) -> None:
+    if output == "json":
+        print_json(node)
+    else:
+        print_fields(node, _FIELDS)
+
+
+def _add(args: argparse.Namespace, client: ApiClient) -> int:
+    body = {
+        "mac": args.mac,
+        "role": args.role,
+        "name": args.name,
+        "ip": args.ip,
+        "reason": args.reason,
+    }
+    node = client.request("POST", "/v1/nodes", {k: v for k, v in body.items() if v is not None})
+    _print_node(node, args.output)
+    return 0
+
+
+def _list(args: argparse.Namespace, client: ApiClient) -> int:
+    nodes = client.request("GET", "/v1/nodes", query={"role": args.role, "state": args.state})[
+        "nodes"
+    ]
+    if args.output == "json":
+        print_json(nodes)
+    else:
+        print_table(
+            ("NAME", "MAC", "ROLE", "IP", "STATE"),
+            [(n["name"], n["mac"], n["role"], n["ip"], n["state"]) for n in nodes],
+        )
+    return 0
+
+
+def _show(args: argparse.Namespace, client: ApiClient) -> int:
+    _print_node(client.request("GET", f"/v1/nodes/{args.name}"), args.output)
+    return 0
+
+
+def _change(args: argparse.Namespace, client: ApiClient) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    if args.verb == "remove":
+        node = client.request("DELETE", f"/v1/nodes/{args.name}", body)
+    else:
+        node = client.request("POST", f"/v1/nodes/{args.name}/{args.verb}", body)
+    _print_node(node, args.output)
+    return 0

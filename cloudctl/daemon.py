@@ -1,0 +1,97 @@
+"""`cloudctld`: the config-node daemon, one asyncio process wiring store, jobs and API.
+
+Runs in the foreground and logs to stderr. Bad configuration or an unusable state store ends
+it at once with one line and exit status 2; SIGTERM/SIGINT shut it down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cloudctl import __version__
+from cloudctl.api.routes import App
+from cloudctl.api.server import ApiServer, ApiStartError
+from cloudctl.config import Config, ConfigError, default_config_path, load_config
+from cloudctl.jobs import TEST_JOB, JobRunner
+from cloudctl.state import StateError
+from cloudctl.state.sqlite import SqliteStore
+
+log = logging.getLogger("cloudctld")
+
+EXIT_STARTUP = 2
+
+
+class StartupError(Exception):
+    """cloudctld cannot start; one line for the operator."""
+
+
+async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Run every service until SIGTERM or SIGINT."""
+    store = SqliteStore(config.state.path)
+    try:
+        await store.open()
+    except StateError as exc:
+        raise StartupError(str(exc)) from None
+    runner = JobRunner(store, [TEST_JOB])
+    api = ApiServer(App(config, store, runner), config.api)
+    try:
+        try:
+            await runner.recover()
+            await api.start()
+        except (ApiStartError, StateError) as exc:
+            raise StartupError(str(exc)) from None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "cloudctld %s ready: state %s, %d nodes",
+            __version__,
+            config.state.path,
+            store.count_nodes(),
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await api.close()
+        await runner.shutdown()
+        await store.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cloudctld", description="cloudctl config-node daemon")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="config file (default: %(default)s)"
+    )
+    parser.add_argument("--version", action="version", version=f"cloudctld {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config or default_config_path())
+    except ConfigError as exc:
+        print(f"cloudctld: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    logging.basicConfig(
+        level=config.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"cloudctld: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

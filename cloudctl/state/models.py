@@ -1,0 +1,107 @@
+"""Records the store hands out: frozen snapshots, never live rows."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from cloudctl.inventory import NodeState, Role
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    mac: str
+    role: Role | None
+    ip: ipaddress.IPv4Address | None
+    state: NodeState
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mac": self.mac,
+            "role": self.role.value if self.role else None,
+            "ip": str(self.ip) if self.ip else None,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    state: JobState
+    params: dict[str, Any]
+    result: Any
+    error: str | None
+    actor: str
+    reason: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+            "actor": self.actor,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True)
+class ProgressLine:
+    job_id: int
+    seq: int
+    at: float
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "at": self.at, "line": self.line}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    reason: str | None
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "reason": self.reason,
+            "detail": self.detail,
+        }

@@ -1,0 +1,81 @@
+"""SQLite schema, as an ordered list of migrations; PRAGMA user_version is the applied count.
+
+Append new migrations at the end; never edit one that has shipped. Later subsystems (leases,
+volumes, exports, instances) add their tables here as their own migrations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from cloudctl.state.errors import StateError
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: nodes, jobs, audit log, allocation cursors.
+    """
+    CREATE TABLE nodes (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL UNIQUE,
+        role TEXT CHECK (role IN ('hnode', 'snode')),
+        ip INTEGER UNIQUE,
+        state TEXT NOT NULL
+            CHECK (state IN ('discovered', 'registered', 'ready', 'drained')),
+        state_before_drain TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        CHECK (state = 'discovered' OR (role IS NOT NULL AND ip IS NOT NULL))
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL
+            CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+        params TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        actor TEXT NOT NULL,
+        reason TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE INDEX jobs_by_state ON jobs (state);
+    CREATE TABLE job_progress (
+        job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        at REAL NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        reason TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_target ON audit (target, id);
+    CREATE TABLE cursors (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the database to the newest schema; return the version it is now at."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > len(MIGRATIONS):
+        raise StateError(
+            f"the state database has schema version {current} but this cloudctl knows only "
+            f"up to {len(MIGRATIONS)}: run a newer cloudctl, or restore a matching backup"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        # executescript commits first, so wrap each step in its own explicit transaction.
+        step = MIGRATIONS[version - 1]
+        conn.executescript(f"BEGIN IMMEDIATE;\n{step}\nPRAGMA user_version = {version};\nCOMMIT;")
+    return len(MIGRATIONS)

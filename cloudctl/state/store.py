@@ -1,0 +1,94 @@
+"""The StateStore interface every backend implements (SQLite now; etcd for HA later).
+
+Reads are synchronous and must be index lookups (the DHCP and DNS servers call them per
+packet). Writes are coroutines that return only once the change is durable, and every write
+that changes the inventory records its audit entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from cloudctl.inventory import AddressPool, NodeState, Role
+from cloudctl.state.models import AuditEntry, Job, JobState, Node, ProgressLine
+
+
+@dataclass(frozen=True)
+class Change:
+    """Who asks for a write, and why; lands in the audit log with the change."""
+
+    actor: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeRequest:
+    """A validated `node add`: name and ip are allocated by the store when None."""
+
+    mac: str
+    role: Role
+    name: str | None = None
+    ip: ipaddress.IPv4Address | None = None
+
+
+class StateStore(ABC):
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # nodes
+    @abstractmethod
+    async def add_node(self, request: NodeRequest, pool: AddressPool, change: Change) -> Node: ...
+
+    @abstractmethod
+    async def remove_node(self, name: str, change: Change) -> Node: ...
+
+    @abstractmethod
+    async def set_drained(self, name: str, drained: bool, change: Change) -> Node: ...
+
+    @abstractmethod
+    def get_node(self, name: str) -> Node | None: ...
+
+    @abstractmethod
+    def node_by_mac(self, mac: str) -> Node | None: ...
+
+    @abstractmethod
+    def list_nodes(
+        self, *, role: Role | None = None, state: NodeState | None = None
+    ) -> list[Node]: ...
+
+    @abstractmethod
+    def count_nodes(self) -> int: ...
+
+    # audit
+    @abstractmethod
+    def list_audit(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
+
+    # jobs
+    @abstractmethod
+    async def create_job(self, kind: str, params: dict[str, Any], change: Change) -> Job: ...
+
+    @abstractmethod
+    async def set_job_state(
+        self, job_id: int, state: JobState, *, result: Any = None, error: str | None = None
+    ) -> Job: ...
+
+    @abstractmethod
+    async def add_progress(self, job_id: int, line: str) -> ProgressLine: ...
+
+    @abstractmethod
+    async def fail_unfinished_jobs(self, error: str) -> list[int]: ...
+
+    @abstractmethod
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    @abstractmethod
+    def list_jobs(self, *, limit: int = 50) -> list[Job]: ...
+
+    @abstractmethod
+    def job_progress(self, job_id: int, *, after: int = 0) -> list[ProgressLine]: ...

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Set up everything cloudctl needs on a fresh Debian 12 machine (as root), then run one job:
+#   bash scripts/bootstrap.sh demo        start cloudctld with etc/cloudctl.yaml and register a demo node
+#   bash scripts/bootstrap.sh test [ARGS] lint and run the whole test suite (ARGS go to pytest,
+#                                          e.g. -m "not slow" to skip the slow end-to-end tests)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+# Debian packages: the Python toolchain, plus the real peers the tests talk to.
+APT_PACKAGES=(
+    python3 python3-venv python3-dev gcc pkg-config
+    iproute2 curl procps
+)
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: run as root (it installs Debian packages and creates network namespaces)" >&2
+        exit 1
+    fi
+}
+
+install_system_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "bootstrap: installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python() {
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+    fi
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test]'
+}
+
+run_demo() {
+    local sock
+    sock=$(.venv/bin/python -c 'from cloudctl.config import load_config; print(load_config("etc/cloudctl.yaml").api.socket)')
+    .venv/bin/cloudctld --config etc/cloudctl.yaml &
+    local pid=$!
+    trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    local cli=(.venv/bin/cloudctl --config etc/cloudctl.yaml)
+    "${cli[@]}" node show demo-hn1 >/dev/null 2>&1 ||
+        "${cli[@]}" node add --mac 52:54:00:c1:0d:01 --role hnode --name demo-hn1 --reason "bootstrap demo"
+    "${cli[@]}" node list
+    echo
+    echo "cloudctld is running (pid $pid); in another shell try:"
+    echo "  .venv/bin/cloudctl --config etc/cloudctl.yaml node list"
+    echo "Press Ctrl-C to stop it."
+    wait $pid
+}
+
+run_tests() {
+    .venv/bin/ruff check cloudctl tests bench
+    .venv/bin/ruff format --check cloudctl tests bench
+    .venv/bin/python -m pytest "$@"
+}
+
+job=${1:-}
+shift || true
+case "$job" in
+    demo) need_root; install_system_packages; install_python; run_demo ;;
+    test) need_root; install_system_packages; install_python; run_tests "$@" ;;
+    *) echo "usage: bash scripts/bootstrap.sh demo|test [pytest args]" >&2; exit 2 ;;
+esac

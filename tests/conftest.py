@@ -1,0 +1,147 @@
+"""Shared fixtures: a real cloudctld in a subprocess with its own config, state and socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudctl.cli.client import ApiClient, CliError
+
+CONFIG_TEMPLATE = """\
+log_level: debug
+state:
+  path: {state}
+api:
+  socket: {socket}
+{tcp}
+network:
+  interface: cc0
+  subnet: {subnet}
+  gateway: {gateway}
+  server: {server}
+  dynamic_range: [{dyn_first}, {dyn_last}]
+  domain: cloud.test
+"""
+
+
+def write_config(
+    directory: Path,
+    *,
+    tcp_port: int | None = None,
+    token: str | None = None,
+    subnet: str = "10.20.0.0/24",
+) -> Path:
+    import ipaddress
+
+    net = ipaddress.IPv4Network(subnet)
+    hosts = [net.network_address + i for i in (1, 2)]
+    dyn_first = net.broadcast_address - 55
+    dyn_last = net.broadcast_address - 5
+    tcp = ""
+    if tcp_port is not None:
+        tcp = f"  tcp:\n    host: 127.0.0.1\n    port: {tcp_port}\n    token: {token}\n"
+    path = directory / "cloudctl.yaml"
+    path.write_text(
+        CONFIG_TEMPLATE.format(
+            state=directory / "state.db",
+            socket=directory / "api.sock",
+            tcp=tcp,
+            subnet=subnet,
+            gateway=hosts[0],
+            server=hosts[1],
+            dyn_first=dyn_first,
+            dyn_last=dyn_last,
+        )
+    )
+    return path
+
+
+class Daemon:
+    """A cloudctld subprocess; start/stop/kill it and talk to it through the real CLI."""
+
+    def __init__(self, directory: Path, config: Path) -> None:
+        self.directory = directory
+        self.config = config
+        self.socket = directory / "api.sock"
+        self.proc: subprocess.Popen | None = None
+        self.log = directory / "cloudctld.log"
+
+    def start(self, timeout: float = 15.0) -> None:
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudctl.daemon", "--config", str(self.config)],
+            stdout=log,
+            stderr=log,
+        )
+        deadline = time.monotonic() + timeout
+        client = ApiClient(str(self.socket), timeout=2)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"cloudctld exited {self.proc.returncode}: {self.log.read_text()}"
+                )
+            try:
+                client.request("GET", "/v1/health")
+                client.close()
+                return
+            except CliError:
+                time.sleep(0.05)
+        raise RuntimeError(f"cloudctld did not come up: {self.log.read_text()}")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=15)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "cloudctl.cli.main", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"cloudctl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str) -> object:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+
+@pytest.fixture
+def short_tmp():
+    # Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="cc-", dir="/tmp"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(short_tmp):
+    d = Daemon(short_tmp, write_config(short_tmp))
+    d.start()
+    yield d
+    if d.proc is not None:
+        d.stop()
+
+
+@pytest.fixture
+def env_without_config(monkeypatch):
+    monkeypatch.setenv("CLOUDCTL_CONFIG", os.devnull + ".absent")
