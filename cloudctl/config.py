@@ -63,6 +63,22 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class DhcpConfig:
+    enabled: bool
+    lease_time: int
+    discovery: bool
+    discovery_lease_time: int
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    enabled: bool
+    listen: tuple[ipaddress.IPv4Address, ...]
+    port: int
+    ttl: int
+
+
+@dataclass(frozen=True)
 class BootConfig:
     tftp_root: Path
     http_port: int
@@ -80,6 +96,8 @@ class Config:
     state: StateConfig
     api: ApiConfig
     network: NetworkConfig
+    dhcp: DhcpConfig
+    dns: DnsConfig
     boot: BootConfig
     storage: StorageConfig
 
@@ -181,6 +199,23 @@ def _interface(value: Any) -> str:
     if not _IFACE_RE.match(text):
         raise ValueError(f"must be a network interface name (at most 15 characters), got {value!r}")
     return text
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _seconds(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(
+                f"must be a whole number of seconds from {low} to {high}, got {value!r}"
+            )
+        return value
+
+    return convert
 
 
 def _log_level(value: Any) -> str:
@@ -310,6 +345,27 @@ def load_config(path: Path | str) -> Config:
         http_port=boot.value("http_port", _port, 8080),
     )
     boot.finish()
+    network_config = _load_network(top.section("network"))
+    dhcp = top.section("dhcp")
+    dhcp_config = DhcpConfig(
+        enabled=dhcp.value("enabled", _bool, True),
+        lease_time=dhcp.value("lease_time", _seconds(60, 7 * 86400), 3600),
+        discovery=dhcp.value("discovery", _bool, False),
+        discovery_lease_time=dhcp.value("discovery_lease_time", _seconds(10, 86400), 60),
+    )
+    dhcp.finish()
+    dns = top.section("dns")
+    dns_config = DnsConfig(
+        enabled=dns.value("enabled", _bool, True),
+        listen=dns.value(
+            "listen",
+            lambda v: tuple(_ipv4(a) for a in (v if isinstance(v, list) else [v])),
+            (network_config.server,),
+        ),
+        port=dns.value("port", _port, 53),
+        ttl=dns.value("ttl", _seconds(0, 86400), 60),
+    )
+    dns.finish()
     storage = top.section("storage")
     storage_config = StorageConfig(
         volume_dir=storage.value("volume_dir", _path_under(base), Path("/var/lib/cloudctl/volumes"))
@@ -320,7 +376,9 @@ def load_config(path: Path | str) -> Config:
         log_level=top.value("log_level", _log_level, "INFO"),
         state=state_config,
         api=_load_api(top.section("api"), base),
-        network=_load_network(top.section("network")),
+        network=network_config,
+        dhcp=dhcp_config,
+        dns=dns_config,
         boot=boot_config,
         storage=storage_config,
     )
