@@ -1,0 +1,556 @@
+"""The AoE target's request handler: frames in, answer frames out, for a set of exports. Owns
+each export's protocol state (config string, MAC mask list, reserve list) and the counters.
+Pure: storage is an injected `BlockStore`; no sockets, clocks or threads (call from one thread).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from cloudctl.aoe import ata
+from cloudctl.aoe.codec import (
+    AOE_HEADER,
+    AOE_VERSION,
+    ATA_DATA_OFFSET,
+    ATA_HEADER,
+    BROADCAST_MAC,
+    BROADCAST_SHELF,
+    BROADCAST_SLOT,
+    ETHERTYPE_AOE,
+    FLAG_ERROR,
+    FLAG_RESPONSE,
+    HEADER_LEN,
+    MAX_CONFIG_STRING,
+    MIN_FRAME_LEN,
+    AoeCodecError,
+    AoeFrame,
+    Arg,
+    Command,
+    ConfigCommand,
+    ErrorCode,
+    MacMaskArg,
+    MaskCommand,
+    MaskDirective,
+    MaskDirectiveCommand,
+    MaskError,
+    QueryConfigArg,
+    RawArg,
+    ReserveCommand,
+    ReserveReleaseArg,
+    addressed_to,
+    decode_frame,
+    encode_frame,
+    parse_mac,
+)
+
+__all__ = [
+    "DEFAULT_BUFFER_COUNT",
+    "FIRMWARE_VERSION",
+    "MASK_LIST_MAX",
+    "RESERVE_LIST_MAX",
+    "AoeConfigError",
+    "BlockStore",
+    "Export",
+    "ExportState",
+    "MemoryBlockStore",
+    "Responder",
+    "ResponderStats",
+]
+
+# The longest lists whose read answers still fit one frame at MTU 1500.
+MASK_LIST_MAX = (1500 - 10 - 4) // 8  # 185
+RESERVE_LIST_MAX = (1500 - 10 - 2) // 6  # 248
+DEFAULT_BUFFER_COUNT = 16  # requests an initiator may have in flight; vblade's default
+FIRMWARE_VERSION = 0x0001
+
+_RESPONSE_VERFLAGS = AOE_VERSION << 4 | FLAG_RESPONSE
+_SECTOR = ata.SECTOR_SIZE
+_READ = ata.AtaOp.READ
+_WRITE = ata.AtaOp.WRITE
+_FLUSH = ata.AtaOp.FLUSH
+_IDENTIFY = ata.AtaOp.IDENTIFY
+_FAILED = ata.STATUS_DRDY | ata.STATUS_ERR
+_IDENTIFY_DEVICE = int(ata.AtaCommand.IDENTIFY_DEVICE)
+_ATA_COMMAND = int(Command.ATA)
+_unpack_header = AOE_HEADER.unpack_from
+_pack_header = AOE_HEADER.pack_into
+_unpack_ata = ATA_HEADER.unpack_from
+_pack_ata = ATA_HEADER.pack_into
+
+
+class AoeConfigError(ValueError):
+    """An export or responder is configured with values AoE cannot serve."""
+
+
+class BlockStore(Protocol):
+    """What an export reads and writes: byte offsets, whole sectors. Failures must raise
+    OSError; they become ATA errors in the answer, never exceptions out of `handle`.
+
+    A store may also offer `readinto(offset, buffer: memoryview) -> int`: the responder then
+    reads straight into the answer frame instead of copying a returned bytes object.
+    """
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class MemoryBlockStore:
+    """A bytearray-backed store for tests and scratch exports; `flushes` counts flush calls."""
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.flushes = 0
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > len(self.buffer):
+            raise OSError(errno.EIO, f"{length} bytes at {offset} beyond {len(self.buffer)}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return bytes(self.buffer[offset : offset + length])
+
+    def readinto(self, offset: int, buffer: memoryview) -> int:
+        length = len(buffer)
+        self._check(offset, length)
+        with memoryview(self.buffer) as view:
+            buffer[:] = view[offset : offset + length]
+        return length
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        length = len(data)
+        self._check(offset, length)
+        self.buffer[offset : offset + length] = data
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    """One AoE target `eSHELF.SLOT`. `allowed_macs` seeds its MAC mask list (None: every host;
+    MACs as bytes or "52:54:00:..." strings); hosts outside the list get no answer at all.
+    `serial` defaults to "cloudctl-eSHELF.SLOT" in the IDENTIFY page."""
+
+    shelf: int
+    slot: int
+    size_sectors: int
+    config_string: bytes = b""
+    allowed_macs: frozenset[bytes | str] | None = None
+    read_only: bool = False
+    serial: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shelf < BROADCAST_SHELF:
+            raise AoeConfigError(f"shelf {self.shelf} must be 0..65534 (65535 is broadcast)")
+        if not 0 <= self.slot < BROADCAST_SLOT:
+            raise AoeConfigError(f"slot {self.slot} must be 0..254 (255 is broadcast)")
+        if not 0 < self.size_sectors <= ata.MAX_LBA48_SECTORS:
+            raise AoeConfigError(f"size {self.size_sectors} sectors must be 1 .. 2**48")
+        if len(self.config_string) > MAX_CONFIG_STRING:
+            raise AoeConfigError(f"config string longer than {MAX_CONFIG_STRING} bytes")
+        if self.allowed_macs is not None:
+            if not self.allowed_macs:
+                # An empty AoE mask list means "everyone"; refuse the ambiguity.
+                raise AoeConfigError("allowed_macs is empty: use None to serve every host")
+            if len(self.allowed_macs) > MASK_LIST_MAX:
+                raise AoeConfigError(f"allowed_macs has more than {MASK_LIST_MAX} entries")
+            try:
+                macs = frozenset(parse_mac(m) for m in self.allowed_macs)
+            except AoeCodecError as exc:
+                raise AoeConfigError(f"allowed_macs: {exc}") from None
+            object.__setattr__(self, "allowed_macs", macs)
+        serial = self.serial or f"cloudctl-e{self.shelf}.{self.slot}"
+        try:
+            ata.check_ata_string(serial, 20, "serial")
+        except ValueError as exc:
+            raise AoeConfigError(str(exc)) from None
+        object.__setattr__(self, "serial", serial)
+        object.__setattr__(self, "config_string", bytes(self.config_string))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportState:
+    """The protocol state initiators can change, as of one moment."""
+
+    config_string: bytes
+    mask_list: tuple[bytes, ...]
+    reserve_list: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponderStats:
+    """`handled`: answered or deliberately silent (a config test that did not match);
+    `ignored`: not for us (other target, answers, foreign ethertype); `dropped`: malformed;
+    `denied`: source not on the export's mask list; `errors`: answers carrying an AoE error,
+    a mask error or an ATA ERR status."""
+
+    received: int = 0
+    handled: int = 0
+    ignored: int = 0
+    dropped: int = 0
+    denied: int = 0
+    errors: int = 0
+
+
+class _Target:
+    """One export's live state. Dicts serve as ordered sets: lists go on the wire in order."""
+
+    __slots__ = (
+        "config",
+        "export",
+        "identify",
+        "mask",
+        "read_only",
+        "readinto",
+        "reserve",
+        "shelf",
+        "size",
+        "slot",
+        "store",
+    )
+
+    def __init__(self, export: Export, store: BlockStore) -> None:
+        self.export = export
+        self.store = store
+        self.readinto: Callable[[int, memoryview], int] | None = getattr(store, "readinto", None)
+        self.shelf, self.slot, self.size = export.shelf, export.slot, export.size_sectors
+        self.read_only = export.read_only
+        self.identify = ata.identify_page(export.size_sectors, serial=export.serial)
+        self.config = export.config_string
+        self.mask: dict[bytes, None] = dict.fromkeys(sorted(export.allowed_macs or ()))
+        self.reserve: dict[bytes, None] = {}
+
+
+class Responder:
+    """Answers AoE requests for `exports` (Export -> its BlockStore) from `target_mac`.
+
+    `max_sectors_per_frame` bounds every ATA transfer and is advertised in Query Config; derive
+    it from the interface MTU with `codec.max_sectors_for_mtu`.
+    """
+
+    def __init__(
+        self,
+        exports: Mapping[Export, BlockStore],
+        *,
+        target_mac: bytes | str,
+        max_sectors_per_frame: int,
+        buffer_count: int = DEFAULT_BUFFER_COUNT,
+        firmware_version: int = FIRMWARE_VERSION,
+    ) -> None:
+        try:
+            mac = parse_mac(target_mac)
+        except AoeCodecError as exc:
+            raise AoeConfigError(f"target_mac: {exc}") from None
+        if mac[0] & 1:
+            raise AoeConfigError(f"target_mac {target_mac!r} is a group address")
+        if not 1 <= max_sectors_per_frame <= 255:
+            raise AoeConfigError(f"max_sectors_per_frame {max_sectors_per_frame} not in 1..255")
+        if not 0 <= buffer_count <= 0xFFFF or not 0 <= firmware_version <= 0xFFFF:
+            raise AoeConfigError("buffer_count and firmware_version are 16-bit fields")
+        self._mac = mac
+        self._max_sectors = max_sectors_per_frame
+        self._buffer_count = buffer_count
+        self._firmware = firmware_version
+        self._targets: dict[tuple[int, int], _Target] = {}
+        for export, store in exports.items():
+            key = (export.shelf, export.slot)
+            if key in self._targets:
+                raise AoeConfigError(f"two exports at e{key[0]}.{key[1]}")
+            self._targets[key] = _Target(export, store)
+        self._target_list = tuple(self._targets.values())
+        self._received = self._handled = self._ignored = 0
+        self._dropped = self._denied = self._errors = 0
+
+    @property
+    def target_mac(self) -> bytes:
+        return self._mac
+
+    @property
+    def exports(self) -> tuple[Export, ...]:
+        return tuple(t.export for t in self._target_list)
+
+    def stats(self) -> ResponderStats:
+        return ResponderStats(
+            self._received,
+            self._handled,
+            self._ignored,
+            self._dropped,
+            self._denied,
+            self._errors,
+        )
+
+    def export_state(self, shelf: int, slot: int) -> ExportState:
+        target = self._targets[(shelf, slot)]
+        return ExportState(target.config, tuple(target.mask), tuple(target.reserve))
+
+    def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        """Answer one received Ethernet frame: zero or more frames to send, each at least 60
+        bytes (bytes or bytearray, ready for send). Never raises for any frame; `frame` is not
+        referenced after the call returns, so a transport may reuse its receive buffer."""
+        self._received += 1
+        try:
+            return self._dispatch(frame)
+        except AoeCodecError:
+            self._dropped += 1
+            return []
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def _dispatch(self, frame: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        n = len(frame)
+        if n < HEADER_LEN:
+            raise AoeCodecError(f"runt frame of {n} bytes")
+        dst, src, ethertype, verflags, _, major, minor, command, tag = _unpack_header(frame)
+        if (
+            ethertype != ETHERTYPE_AOE
+            or verflags & FLAG_RESPONSE  # answering answers would let two targets loop
+            or (dst != self._mac and dst != BROADCAST_MAC)
+            or src == self._mac
+        ):
+            self._ignored += 1
+            return []
+        if src[0] & 1:
+            # A group source address is forged or broken; answering it would broadcast.
+            raise AoeCodecError("group source address")
+        if major == BROADCAST_SHELF or minor == BROADCAST_SLOT:
+            return self._broadcast(frame, src, verflags, major, minor, command, tag)
+        target = self._targets.get((major, minor))
+        if target is None:
+            self._ignored += 1
+            return []
+        if target.mask and src not in target.mask:
+            self._denied += 1
+            return []
+        if verflags >> 4 != AOE_VERSION:
+            answers = [self._error(target, src, command, tag, ErrorCode.UNSUPPORTED_VERSION)]
+        elif command == _ATA_COMMAND:
+            answers = self._ata(target, frame, n, src, tag)
+        elif command in _ADMIN:
+            answers = _ADMIN[command](self, target, decode_frame(frame), src)
+        else:
+            answers = [self._error(target, src, command, tag, ErrorCode.UNRECOGNIZED_COMMAND)]
+        self._handled += 1
+        return answers
+
+    def _broadcast(
+        self,
+        frame: bytes | bytearray | memoryview,
+        src: bytes,
+        verflags: int,
+        major: int,
+        minor: int,
+        command: int,
+        tag: int,
+    ) -> list[bytes | bytearray]:
+        # Broadcast is for discovery only: a broadcast write, reserve or mask edit would hit
+        # every export this process serves at once.
+        if command != Command.QUERY_CONFIG or verflags >> 4 != AOE_VERSION:
+            self._ignored += 1
+            return []
+        request = decode_frame(frame)
+        answers: list[bytes | bytearray] = []
+        matched = denied = False
+        for target in self._target_list:
+            if not addressed_to(major, minor, target.shelf, target.slot):
+                continue
+            if target.mask and src not in target.mask:
+                denied = True
+                continue
+            matched = True
+            answers += self._query_config(target, request, src)
+        if matched:
+            self._handled += 1
+        elif denied:
+            self._denied += 1
+        else:
+            self._ignored += 1
+        return answers
+
+    # --- ATA: the hot path --------------------------------------------------------------------
+
+    def _ata(
+        self, target: _Target, frame: bytes | bytearray | memoryview, n: int, src: bytes, tag: int
+    ) -> list[bytes | bytearray]:
+        if n < ATA_DATA_OFFSET:
+            raise AoeCodecError("truncated ATA argument")
+        aflags, _, count, command, lba_low, lba_high, _ = _unpack_ata(frame, HEADER_LEN)
+        if target.reserve and src not in target.reserve and command != _IDENTIFY_DEVICE:
+            # IDENTIFY stays open (as in vblade) so other hosts can still size the disk.
+            return [self._error(target, src, 0, tag, ErrorCode.TARGET_RESERVED, frame)]
+        plan = ata.plan_ata(
+            command,
+            lba_low | lba_high << 32,
+            count,
+            size_sectors=target.size,
+            max_sectors=self._max_sectors,
+            read_only=target.read_only,
+        )
+        op, status, error, out_count = plan.op, plan.status, plan.error, plan.sector_count
+        if op == _READ:
+            length = plan.count * _SECTOR
+            answer = bytearray(max(MIN_FRAME_LEN, ATA_DATA_OFFSET + length))
+            if length and not self._read(target, plan.lba * _SECTOR, length, answer):
+                answer = bytearray(MIN_FRAME_LEN)  # never send a half-filled buffer
+                status, error, out_count = _FAILED, ata.ERROR_UNC, count
+        elif op == _WRITE:
+            end = ATA_DATA_OFFSET + plan.count * _SECTOR
+            if n < end:
+                return [self._error(target, src, 0, tag, ErrorCode.BAD_ARGUMENT, frame)]
+            answer = bytearray(MIN_FRAME_LEN)
+            # The A (async) flag would let us answer before the data is stable; we never do:
+            # the answer always follows store.write, which the spec permits.
+            try:
+                with memoryview(frame) as view:
+                    target.store.write(plan.lba * _SECTOR, view[ATA_DATA_OFFSET:end])
+            except OSError:
+                status, error, out_count = _FAILED, ata.ERROR_ABRT, count
+        elif op == _IDENTIFY:
+            answer = bytearray(ATA_DATA_OFFSET) + target.identify
+        elif op == _FLUSH:
+            answer = bytearray(MIN_FRAME_LEN)
+            try:
+                target.store.flush()
+            except OSError:
+                status, error, out_count = _FAILED, ata.ERROR_ABRT, count
+        else:  # CHECK_POWER, or a plan that already failed
+            answer = bytearray(MIN_FRAME_LEN)
+        if status & ata.STATUS_ERR:
+            self._errors += 1
+        _pack_header(
+            answer,
+            0,
+            src,
+            self._mac,
+            ETHERTYPE_AOE,
+            _RESPONSE_VERFLAGS,
+            0,
+            target.shelf,
+            target.slot,
+            0,
+            tag,
+        )
+        _pack_ata(answer, HEADER_LEN, aflags, error, out_count, status, lba_low, lba_high, 0)
+        return [answer]
+
+    @staticmethod
+    def _read(target: _Target, offset: int, length: int, answer: bytearray) -> bool:
+        """Fill answer[36:36+length] from the store; False if the store failed or came short."""
+        try:
+            if target.readinto is not None:
+                with memoryview(answer) as view:
+                    got = target.readinto(offset, view[ATA_DATA_OFFSET : ATA_DATA_OFFSET + length])
+                return got == length
+            data = target.store.read(offset, length)
+        except OSError:
+            return False
+        if len(data) != length:
+            return False
+        answer[ATA_DATA_OFFSET : ATA_DATA_OFFSET + length] = data
+        return True
+
+    # --- Query Config, MAC Mask List, Reserve/Release -----------------------------------------
+
+    def _answer(self, target: _Target, src: bytes, tag: int, arg: Arg, error: int = 0) -> bytes:
+        flags = FLAG_RESPONSE
+        if error:
+            flags |= FLAG_ERROR
+            self._errors += 1
+        reply = AoeFrame(src, self._mac, target.shelf, target.slot, tag, arg, flags, error)
+        return encode_frame(reply)
+
+    def _error(
+        self,
+        target: _Target,
+        src: bytes,
+        command: int,
+        tag: int,
+        error: int,
+        frame: bytes | bytearray | memoryview | None = None,
+    ) -> bytes:
+        # An ATA request's argument header is echoed so the initiator can match it up.
+        echo = bytes(frame[HEADER_LEN:ATA_DATA_OFFSET]) if frame is not None else b""
+        return self._answer(target, src, tag, RawArg(command, echo), error)
+
+    def _query_config(self, target: _Target, request: AoeFrame, src: bytes) -> list[bytes]:
+        arg = request.arg
+        assert isinstance(arg, QueryConfigArg)
+        ccmd, wanted, error = arg.ccmd, arg.config_string, 0
+        if ccmd == ConfigCommand.TEST_EXACT:
+            if wanted != target.config:
+                return []  # tests answer only on a match: that is how hosts filter targets
+        elif ccmd == ConfigCommand.TEST_PREFIX:
+            if not target.config.startswith(wanted):
+                return []
+        elif ccmd == ConfigCommand.SET:
+            if target.config and target.config != wanted:
+                error = ErrorCode.CONFIG_STRING_PRESENT
+            else:
+                target.config = wanted
+        elif ccmd == ConfigCommand.FORCE_SET:
+            target.config = wanted
+        elif ccmd != ConfigCommand.READ:
+            error = ErrorCode.BAD_ARGUMENT
+        reply = QueryConfigArg(
+            self._buffer_count, self._firmware, self._max_sectors, AOE_VERSION, ccmd, target.config
+        )
+        return [self._answer(target, src, request.tag, reply, error)]
+
+    def _mac_mask(self, target: _Target, request: AoeFrame, src: bytes) -> list[bytes]:
+        arg = request.arg
+        assert isinstance(arg, MacMaskArg)
+        if arg.mcmd == MaskCommand.EDIT:
+            # Directives apply in order and stay applied up to a failing one, as in vblade;
+            # the error answer names the failing directive's index instead of listing.
+            for index, directive in enumerate(arg.directives):
+                merror = self._apply_directive(target, directive)
+                if merror:
+                    self._errors += 1
+                    reply = MacMaskArg(arg.mcmd, merror, (), index)
+                    return [self._answer(target, src, request.tag, reply)]
+        elif arg.mcmd != MaskCommand.READ:
+            reply = MacMaskArg(arg.mcmd)
+            return [self._answer(target, src, request.tag, reply, ErrorCode.BAD_ARGUMENT)]
+        listed = tuple(MaskDirective(MaskDirectiveCommand.NONE, mac) for mac in target.mask)
+        return [self._answer(target, src, request.tag, MacMaskArg(arg.mcmd, 0, listed))]
+
+    @staticmethod
+    def _apply_directive(target: _Target, directive: MaskDirective) -> int:
+        if directive.dcmd == MaskDirectiveCommand.ADD:
+            if directive.mac not in target.mask:
+                if len(target.mask) >= MASK_LIST_MAX:
+                    return MaskError.LIST_FULL
+                target.mask[directive.mac] = None
+        elif directive.dcmd == MaskDirectiveCommand.DELETE:
+            target.mask.pop(directive.mac, None)
+        elif directive.dcmd != MaskDirectiveCommand.NONE:
+            return MaskError.BAD_DIRECTIVE
+        return 0
+
+    def _reserve(self, target: _Target, request: AoeFrame, src: bytes) -> list[bytes]:
+        arg = request.arg
+        assert isinstance(arg, ReserveReleaseArg)
+        error = 0
+        if arg.rcmd in (ReserveCommand.SET, ReserveCommand.FORCE_SET):
+            if len(arg.macs) > RESERVE_LIST_MAX:
+                error = ErrorCode.BAD_ARGUMENT
+            elif arg.rcmd == ReserveCommand.SET and target.reserve and src not in target.reserve:
+                error = ErrorCode.TARGET_RESERVED
+            else:
+                target.reserve = dict.fromkeys(arg.macs)  # an empty list releases
+        elif arg.rcmd != ReserveCommand.READ:
+            error = ErrorCode.BAD_ARGUMENT
+        reply = ReserveReleaseArg(arg.rcmd, tuple(target.reserve))
+        return [self._answer(target, src, request.tag, reply, error)]
+
+
+_ADMIN: dict[int, Callable[[Responder, _Target, AoeFrame, bytes], list[bytes]]] = {
+    Command.QUERY_CONFIG: Responder._query_config,
+    Command.MAC_MASK_LIST: Responder._mac_mask,
+    Command.RESERVE_RELEASE: Responder._reserve,
+}
