@@ -18,6 +18,8 @@ from cloudctl.api.routes import App
 from cloudctl.api.server import ApiServer, ApiStartError
 from cloudctl.config import Config, ConfigError, default_config_path, load_config
 from cloudctl.jobs import TEST_JOB, JobRunner
+from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings, static_boot_offer
+from cloudctl.pxe.dhcp.server import DhcpServer, DhcpStartError
 from cloudctl.state import StateError
 from cloudctl.state.sqlite import SqliteStore
 
@@ -38,12 +40,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     except StateError as exc:
         raise StartupError(str(exc)) from None
     runner = JobRunner(store, [TEST_JOB])
-    api = ApiServer(App(config, store, runner), config.api)
+    app = App(config, store, runner)
+    api = ApiServer(app, config.api)
+    services: list = []
+    if config.dhcp.enabled:
+        settings = DhcpSettings.from_config(config, static_boot_offer(config))
+        dhcp = DhcpServer(DhcpPolicy(settings, store), store, config.network.interface)
+        services.append(dhcp)
+        app.counters["dhcp"] = dhcp.counters
     try:
         try:
             await runner.recover()
+            for service in services:
+                await service.start()
             await api.start()
-        except (ApiStartError, StateError) as exc:
+        except (ApiStartError, StateError, DhcpStartError) as exc:
             raise StartupError(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -61,6 +72,8 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         log.info("shutting down")
     finally:
         await api.close()
+        for service in services:
+            await service.close()
         await runner.shutdown()
         await store.close()
     log.info("stopped")

@@ -8,7 +8,7 @@ through so every change is audited. The OpenAPI document is built from this same
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,8 @@ class App:
         self.store = store
         self.runner = runner
         self.pool = AddressPool.from_network(config.network)
+        # Protocol servers register their packet counters here, by service name.
+        self.counters: dict[str, Mapping[str, int]] = {}
 
     def find_node(self, key: str) -> Node:
         node = self.store.get_node(key)
@@ -144,6 +146,27 @@ async def add_node(app: App, request: Request) -> Any:
     )
     node = await app.store.add_node(node_request, app.pool, request.change())
     return node.to_json()
+
+
+async def accept_node(app: App, request: Request) -> Any:
+    body = request.fields(required=("role",), optional=("name", "ip", "reason"))
+    mac = parse_mac(request.path_params["mac"])
+    name, ip = _string(body, "name"), _string(body, "ip")
+    node_request = NodeRequest(
+        mac=mac,
+        role=parse_role(_string(body, "role") or ""),
+        name=parse_name(name) if name is not None else None,
+        ip=app.pool.check_fixed(ip) if ip is not None else None,
+    )
+    return (await app.store.accept_node(mac, node_request, app.pool, request.change())).to_json()
+
+
+async def service_stats(app: App, request: Request) -> Any:
+    return {name: dict(counters) for name, counters in app.counters.items()}
+
+
+async def list_leases(app: App, request: Request) -> Any:
+    return {"leases": [lease.to_json() for lease in app.store.list_leases()]}
 
 
 async def show_node(app: App, request: Request) -> Any:
@@ -275,6 +298,38 @@ ROUTES: tuple[Route, ...] = (
         },
         response_schema=_NODE,
         status=201,
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{mac}/accept",
+        accept_node,
+        "Register a discovered node (by MAC); name and IP allocated if omitted",
+        request_schema={
+            "type": "object",
+            "required": ["role"],
+            "properties": {
+                "role": {"type": "string", "enum": [r.value for r in Role]},
+                "name": {"type": "string"},
+                "ip": {"type": "string", "format": "ipv4"},
+                **_REASON,
+            },
+            "additionalProperties": False,
+        },
+        response_schema=_NODE,
+    ),
+    Route(
+        "GET",
+        "/v1/leases",
+        list_leases,
+        "DHCP leases (fixed and dynamic), by address",
+        response_schema={"type": "object"},
+    ),
+    Route(
+        "GET",
+        "/v1/stats",
+        service_stats,
+        "Packet counters of the protocol servers (received, malformed, offers, acks...)",
+        response_schema={"type": "object"},
     ),
     Route(
         "GET", "/v1/nodes/{name}", show_node, "Show a node (by name or MAC)", response_schema=_NODE

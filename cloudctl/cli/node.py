@@ -23,6 +23,17 @@ def register(nouns: argparse._SubParsersAction) -> None:
     _reason(add)
     add.set_defaults(run=_add)
 
+    accept = verbs.add_parser("accept", help="register a discovered node by its MAC")
+    accept.add_argument("mac")
+    accept.add_argument("--role", required=True, choices=("hnode", "snode"))
+    accept.add_argument("--name", help="default: next free hnN / snN")
+    accept.add_argument(
+        "--ip", help="fixed address; default: next free one outside the dynamic range"
+    )
+    accept.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _reason(accept)
+    accept.set_defaults(run=_accept)
+
     listing = verbs.add_parser("list", help="list nodes")
     listing.add_argument("--role", choices=("hnode", "snode"))
     listing.add_argument("--state", choices=("discovered", "registered", "ready", "drained"))
@@ -67,6 +78,13 @@ def _add(args: argparse.Namespace, client: ApiClient) -> int:
     }
     node = client.request("POST", "/v1/nodes", {k: v for k, v in body.items() if v is not None})
     _print_node(node, args.output)
+    return 0
+
+
+def _accept(args: argparse.Namespace, client: ApiClient) -> int:
+    body = {"role": args.role, "name": args.name, "ip": args.ip, "reason": args.reason}
+    body = {k: v for k, v in body.items() if v is not None}
+    _print_node(client.request("POST", f"/v1/nodes/{args.mac}/accept", body), args.output)
     return 0
 
 

@@ -1,7 +1,7 @@
 """The inventory store: one interface (store.StateStore), SQLite behind it by default."""
 
 from cloudctl.state.errors import Conflict, NotFound, StateError
-from cloudctl.state.models import AuditEntry, Job, JobState, Node, ProgressLine
+from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 from cloudctl.state.store import StateStore
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Conflict",
     "Job",
     "JobState",
+    "Lease",
     "Node",
     "NotFound",
     "ProgressLine",

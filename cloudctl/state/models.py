@@ -105,3 +105,21 @@ class AuditEntry:
             "reason": self.reason,
             "detail": self.detail,
         }
+
+
+@dataclass(frozen=True)
+class Lease:
+    mac: str
+    ip: ipaddress.IPv4Address
+    expires: float
+    hostname: str | None
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mac": self.mac,
+            "ip": str(self.ip),
+            "expires": self.expires,
+            "hostname": self.hostname,
+            "updated_at": self.updated_at,
+        }

@@ -63,6 +63,21 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: DHCP leases (one row per MAC; fixed and dynamic) and addresses clients declined.
+    """
+    CREATE TABLE leases (
+        mac TEXT PRIMARY KEY,
+        ip INTEGER NOT NULL UNIQUE,
+        expires REAL NOT NULL,
+        hostname TEXT,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE declined_addresses (
+        ip INTEGER PRIMARY KEY,
+        until REAL NOT NULL,
+        mac TEXT NOT NULL
+    );
+    """,
 )
 
 

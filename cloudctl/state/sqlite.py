@@ -1,37 +1,30 @@
-"""SQLite backend of the StateStore: WAL mode, one writer thread with group commit.
+"""SQLite backend of the StateStore: WAL mode, writes through a group-commit writer thread.
 
-Every write is a function queued to the writer thread. The thread runs as many queued writes
-as it finds in one transaction, each inside its own SAVEPOINT (so one failing write does not
-undo its neighbours), commits with synchronous=FULL, and only then resolves the callers'
-futures: an acknowledged write is on disk, yet a burst of writes costs one fsync, not one each.
-Reads use a second connection on the event-loop thread; WAL lets them run beside the writer.
+Each write is a function run by the writer (writer.py) inside a transaction shared with the
+other writes queued at the same time; it returns once that transaction is on disk. Reads use a
+second connection on the event-loop thread; WAL lets them run beside the writer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import ipaddress
 import json
 import os
-import queue
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from cloudctl.inventory import NAME_PREFIX, AddressPool, NodeState, Role
 from cloudctl.state.errors import Conflict, NotFound, StateError
-from cloudctl.state.models import AuditEntry, Job, JobState, Node, ProgressLine
+from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 from cloudctl.state.schema import migrate
 from cloudctl.state.store import Change, NodeRequest, StateStore
-
-T = TypeVar("T")
-WriteOp = Callable[[sqlite3.Connection], Any]
+from cloudctl.state.writer import GroupCommitWriter, WriteOp
 
 _NODE_COLUMNS = "name, mac, role, ip, state, created_at, updated_at"
+_LEASE_COLUMNS = "mac, ip, expires, hostname, updated_at"
 _JOB_COLUMNS = (
     "id, kind, state, params, result, error, actor, reason, created_at, started_at, finished_at"
 )
@@ -58,6 +51,15 @@ def _node(row: tuple) -> Node:
         created_at=created_at,
         updated_at=updated_at,
     )
+
+
+def _lease(row: tuple) -> Lease:
+    mac, ip, expires, hostname, updated_at = row
+    return Lease(mac, ipaddress.IPv4Address(ip), expires, hostname, updated_at)
+
+
+def discovered_name(mac: str) -> str:
+    return "mac-" + mac.replace(":", "")
 
 
 def _job(row: tuple) -> Job:
@@ -114,6 +116,23 @@ def _next_name(conn: sqlite3.Connection, role: Role) -> str:
     return f"{prefix}{number}"
 
 
+def _allocate(conn: sqlite3.Connection, request: NodeRequest, pool: AddressPool) -> tuple[str, int]:
+    """Name and fixed address for a node being registered: the requested ones, or the next free."""
+    if request.name is not None:
+        row = conn.execute("SELECT mac FROM nodes WHERE name = ?", (request.name,)).fetchone()
+        if row and row[0] != request.mac:
+            raise Conflict(f"a node named {request.name} already exists")
+        name = request.name
+    else:
+        name = _next_name(conn, request.role)
+    if request.ip is not None:
+        row = conn.execute("SELECT name FROM nodes WHERE ip = ?", (int(request.ip),)).fetchone()
+        if row:
+            raise Conflict(f"IP {request.ip} is already the address of node {row[0]}")
+        return name, int(request.ip)
+    return name, _next_ip(conn, pool)
+
+
 def _next_ip(conn: sqlite3.Connection, pool: AddressPool) -> int:
     # A cursor makes allocation O(1) amortised; wrapping around reuses freed addresses.
     start = _cursor(conn, "ip", 0)
@@ -128,16 +147,12 @@ class SqliteStore(StateStore):
     def __init__(self, path: Path, *, max_batch: int = 1024) -> None:
         self.path = Path(path)
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._writer: GroupCommitWriter | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.commits = 0
 
     # lifecycle
     async def open(self) -> None:
-        self._loop = asyncio.get_running_loop()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -158,16 +173,12 @@ class SqliteStore(StateStore):
         except sqlite3.Error as exc:
             self._release_lock()
             raise StateError(f"cannot open the state database {self.path}: {exc}") from None
-        self._thread = threading.Thread(
-            target=self._write_loop, args=(writer,), name="state-writer", daemon=True
-        )
-        self._thread.start()
+        self._writer = GroupCommitWriter(writer, max_batch=self._max_batch)
 
     async def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-            self._thread = None
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer = None
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -178,60 +189,14 @@ class SqliteStore(StateStore):
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    # the writer
     async def _write(self, op: WriteOp) -> Any:
-        if self._thread is None:
+        if self._writer is None:
             raise StateError("the state store is not open")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put((op, future))
-        return await future
+        return await self._writer.submit(op)
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        stopping = False
-        while not stopping:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch = [item]
-            while len(batch) < self._max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            outcomes = self._run_batch(conn, batch)
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(_settle, outcomes)
-        conn.close()
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> list:
-        outcomes = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = op(conn)
-                except Exception as exc:  # the op's own failure stays with its caller
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    if isinstance(exc, sqlite3.IntegrityError):
-                        exc = Conflict(f"the change conflicts with the inventory: {exc}")
-                    outcomes.append((future, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, result, None))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            failure = StateError(f"the state database refused the write: {exc}")
-            outcomes = [(future, None, failure) for _, future in batch]
-        return outcomes
+    @property
+    def commits(self) -> int:
+        return self._writer.commits if self._writer else 0
 
     # reads
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -242,24 +207,17 @@ class SqliteStore(StateStore):
     # nodes
     async def add_node(self, request: NodeRequest, pool: AddressPool, change: Change) -> Node:
         def op(conn: sqlite3.Connection) -> Node:
-            row = conn.execute("SELECT name FROM nodes WHERE mac = ?", (request.mac,)).fetchone()
+            row = conn.execute(
+                "SELECT name, state FROM nodes WHERE mac = ?", (request.mac,)
+            ).fetchone()
+            if row and row[1] == NodeState.DISCOVERED:
+                raise Conflict(
+                    f"MAC {request.mac} was discovered as node {row[0]}: accept it with "
+                    f"`cloudctl node accept {request.mac} --role {request.role.value}`"
+                )
             if row:
                 raise Conflict(f"MAC {request.mac} is already registered as node {row[0]}")
-            if request.name is not None:
-                if conn.execute("SELECT 1 FROM nodes WHERE name = ?", (request.name,)).fetchone():
-                    raise Conflict(f"a node named {request.name} already exists")
-                name = request.name
-            else:
-                name = _next_name(conn, request.role)
-            if request.ip is not None:
-                row = conn.execute(
-                    "SELECT name FROM nodes WHERE ip = ?", (int(request.ip),)
-                ).fetchone()
-                if row:
-                    raise Conflict(f"IP {request.ip} is already the address of node {row[0]}")
-                ip = int(request.ip)
-            else:
-                ip = _next_ip(conn, pool)
+            name, ip = _allocate(conn, request, pool)
             now = time.time()
             conn.execute(
                 "INSERT INTO nodes (name, mac, role, ip, state, created_at, updated_at) "
@@ -284,6 +242,7 @@ class SqliteStore(StateStore):
         def op(conn: sqlite3.Connection) -> Node:
             node = _node(_node_row(conn, name))
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+            conn.execute("DELETE FROM leases WHERE mac = ?", (node.mac,))
             _audit(conn, change, "node.remove", name, mac=node.mac, ip=str(node.ip))
             return node
 
@@ -310,6 +269,113 @@ class SqliteStore(StateStore):
             return _node(_node_row(conn, name))
 
         return await self._write(op)
+
+    async def accept_node(
+        self, mac: str, request: NodeRequest, pool: AddressPool, change: Change
+    ) -> Node:
+        def op(conn: sqlite3.Connection) -> Node:
+            row = conn.execute("SELECT name, state FROM nodes WHERE mac = ?", (mac,)).fetchone()
+            if row is None:
+                raise NotFound(f"no discovered node with MAC {mac}")
+            if row[1] != NodeState.DISCOVERED:
+                raise Conflict(f"MAC {mac} is already registered as node {row[0]}")
+            name, ip = _allocate(conn, request, pool)
+            conn.execute(
+                "UPDATE nodes SET name = ?, role = ?, ip = ?, state = 'registered', updated_at = ? "
+                "WHERE mac = ?",
+                (name, request.role.value, ip, time.time(), mac),
+            )
+            node = _node(_node_row(conn, name))
+            _audit(
+                conn, change, "node.accept", name, mac=mac, role=request.role.value, ip=str(node.ip)
+            )
+            return node
+
+        return await self._write(op)
+
+    async def record_discovered(self, mac: str) -> Node:
+        def op(conn: sqlite3.Connection) -> Node:
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
+            ).fetchone()
+            if row:
+                return _node(row)
+            now = time.time()
+            name = discovered_name(mac)
+            conn.execute(
+                "INSERT INTO nodes (name, mac, state, created_at, updated_at) "
+                "VALUES (?, ?, 'discovered', ?, ?)",
+                (name, mac, now, now),
+            )
+            _audit(
+                conn,
+                Change("dhcp", "unknown MAC asked for an address"),
+                "node.discover",
+                name,
+                mac=mac,
+            )
+            return _node(_node_row(conn, name))
+
+        return await self._write(op)
+
+    def node_by_ip(self, ip: ipaddress.IPv4Address) -> Node | None:
+        rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ?", (int(ip),))
+        return _node(rows[0]) if rows else None
+
+    # DHCP leases
+    async def bind_lease(
+        self, mac: str, ip: ipaddress.IPv4Address, expires: float, hostname: str | None
+    ) -> Lease:
+        def op(conn: sqlite3.Connection) -> Lease:
+            now = time.time()
+            conn.execute("DELETE FROM leases WHERE ip = ? AND mac != ?", (int(ip), mac))
+            conn.execute(
+                "INSERT INTO leases (mac, ip, expires, hostname, updated_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires, "
+                "hostname = excluded.hostname, updated_at = excluded.updated_at",
+                (mac, int(ip), expires, hostname, now),
+            )
+            return Lease(mac, ip, expires, hostname, now)
+
+        return await self._write(op)
+
+    async def end_lease(self, mac: str, at: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE leases SET expires = min(expires, ?), updated_at = ? WHERE mac = ?",
+                (at, time.time(), mac),
+            )
+
+        await self._write(op)
+
+    async def decline_address(self, ip: ipaddress.IPv4Address, until: float, mac: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO declined_addresses (ip, until, mac) VALUES (?, ?, ?) "
+                "ON CONFLICT (ip) DO UPDATE SET until = excluded.until, mac = excluded.mac",
+                (int(ip), until, mac),
+            )
+            conn.execute("DELETE FROM leases WHERE ip = ? AND mac = ?", (int(ip), mac))
+
+        await self._write(op)
+
+    def lease_by_mac(self, mac: str) -> Lease | None:
+        rows = self._read(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE mac = ?", (mac,))
+        return _lease(rows[0]) if rows else None
+
+    def lease_by_ip(self, ip: ipaddress.IPv4Address) -> Lease | None:
+        rows = self._read(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE ip = ?", (int(ip),))
+        return _lease(rows[0]) if rows else None
+
+    def declined_until(self, ip: ipaddress.IPv4Address) -> float | None:
+        rows = self._read("SELECT until FROM declined_addresses WHERE ip = ?", (int(ip),))
+        return rows[0][0] if rows else None
+
+    def list_leases(self) -> list[Lease]:
+        return [
+            _lease(row) for row in self._read(f"SELECT {_LEASE_COLUMNS} FROM leases ORDER BY ip")
+        ]
 
     def get_node(self, name: str) -> Node | None:
         rows = self._read(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,))
@@ -436,13 +502,3 @@ class SqliteStore(StateStore):
             (job_id, after),
         )
         return [ProgressLine(*row) for row in rows]
-
-
-def _settle(outcomes: list) -> None:
-    for future, result, error in outcomes:
-        if future.cancelled():
-            continue  # the write happened; its caller just stopped waiting
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)

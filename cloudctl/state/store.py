@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudctl.inventory import AddressPool, NodeState, Role
-from cloudctl.state.models import AuditEntry, Job, JobState, Node, ProgressLine
+from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,19 @@ class StateStore(ABC):
     async def set_drained(self, name: str, drained: bool, change: Change) -> Node: ...
 
     @abstractmethod
+    async def accept_node(
+        self, mac: str, request: NodeRequest, pool: AddressPool, change: Change
+    ) -> Node: ...
+
+    @abstractmethod
+    async def record_discovered(self, mac: str) -> Node:
+        """Remember an unknown MAC that asked for an address (idempotent)."""
+
+    @abstractmethod
     def get_node(self, name: str) -> Node | None: ...
+
+    @abstractmethod
+    def node_by_ip(self, ip: ipaddress.IPv4Address) -> Node | None: ...
 
     @abstractmethod
     def node_by_mac(self, mac: str) -> Node | None: ...
@@ -64,6 +76,31 @@ class StateStore(ABC):
 
     @abstractmethod
     def count_nodes(self) -> int: ...
+
+    # DHCP leases
+    @abstractmethod
+    async def bind_lease(
+        self, mac: str, ip: ipaddress.IPv4Address, expires: float, hostname: str | None
+    ) -> Lease:
+        """Record that `mac` holds `ip` until `expires`; any other holder of `ip` loses it."""
+
+    @abstractmethod
+    async def end_lease(self, mac: str, at: float) -> None: ...
+
+    @abstractmethod
+    async def decline_address(self, ip: ipaddress.IPv4Address, until: float, mac: str) -> None: ...
+
+    @abstractmethod
+    def lease_by_mac(self, mac: str) -> Lease | None: ...
+
+    @abstractmethod
+    def lease_by_ip(self, ip: ipaddress.IPv4Address) -> Lease | None: ...
+
+    @abstractmethod
+    def declined_until(self, ip: ipaddress.IPv4Address) -> float | None: ...
+
+    @abstractmethod
+    def list_leases(self) -> list[Lease]: ...
 
     # audit
     @abstractmethod

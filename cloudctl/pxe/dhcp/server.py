@@ -1,0 +1,143 @@
+"""The DHCP server's transport: a UDP socket on port 67 bound to one interface.
+
+Moves bytes only: decode, ask the policy, commit the decision's effects through the store
+(group commit batches concurrent ACKs into one fsync), then send. Malformed packets are
+counted and dropped; nothing a client sends can stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+
+from cloudctl.pxe.dhcp.codec import DhcpCodecError, decode, encode
+from cloudctl.pxe.dhcp.policy import (
+    BindLease,
+    Decision,
+    DeclineAddress,
+    DhcpPolicy,
+    Effect,
+    EndLease,
+    RecordDiscovered,
+)
+from cloudctl.state import StateError, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class DhcpStartError(Exception):
+    """The DHCP socket could not be opened; the message says why."""
+
+
+class DhcpServer(asyncio.DatagramProtocol):
+    def __init__(
+        self, policy: DhcpPolicy, store: StateStore, interface: str, *, port: int = 67
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.interface = interface
+        self.port = port
+        self.counters: Counter[str] = Counter()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            # Only this link: a DHCP server answering on the wrong segment hands out bad leases.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
+            sock.bind(("0.0.0.0", self.port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == 19:  # ENODEV
+                raise DhcpStartError(
+                    f"network.interface {self.interface!r} does not exist on this machine"
+                ) from None
+            raise DhcpStartError(
+                f"cannot listen for DHCP on {self.interface} port {self.port}: {exc.strerror}"
+            ) from None
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        log.info("DHCP listening on %s port %d", self.interface, self.port)
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        if self._pending:
+            await asyncio.wait(self._pending)
+
+    # asyncio.DatagramProtocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.counters["received"] += 1
+        try:
+            msg = decode(data)
+        except DhcpCodecError as exc:
+            self.counters["malformed"] += 1
+            log.debug("dropped a malformed packet from %s: %s", addr[0], exc)
+            return
+        try:
+            decision = self.policy.decide(msg, time.time())
+        except Exception:
+            self.counters["internal_error"] += 1
+            log.exception("DHCP policy failed on a packet from %s", addr[0])
+            return
+        self.counters[decision.outcome] += 1
+        if decision.detail:
+            log.debug("%s: %s", decision.outcome, decision.detail)
+        if decision.effects:
+            task = asyncio.create_task(self._commit_then_send(decision))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        else:
+            self._send(decision)
+
+    def error_received(self, exc: Exception) -> None:
+        self.counters["socket_error"] += 1
+        log.debug("DHCP socket error: %s", exc)
+
+    async def _commit_then_send(self, decision: Decision) -> None:
+        try:
+            await asyncio.gather(*(self._apply(effect) for effect in decision.effects))
+        except StateError as exc:
+            # No reply rather than an ACK we could not record: the client simply retries.
+            self.counters["store_error"] += 1
+            log.error("DHCP %s not sent, the state store refused it: %s", decision.outcome, exc)
+            return
+        if decision.outcome == "declined":
+            log.warning("%s", decision.detail)
+        self._send(decision)
+
+    async def _apply(self, effect: Effect) -> None:
+        match effect:
+            case BindLease(mac, ip, expires, hostname):
+                await self.store.bind_lease(mac, ip, expires, hostname)
+            case EndLease(mac, at):
+                await self.store.end_lease(mac, at)
+            case DeclineAddress(ip, until, mac):
+                await self.store.decline_address(ip, until, mac)
+            case RecordDiscovered(mac):
+                node = await self.store.record_discovered(mac)
+                log.info("discovered unknown MAC %s as node %s", mac, node.name)
+
+    def _send(self, decision: Decision) -> None:
+        if decision.reply is None or decision.destination is None or self._transport is None:
+            return
+        try:
+            self._transport.sendto(encode(decision.reply), decision.destination)
+        except (OSError, DhcpCodecError) as exc:
+            self.counters["send_error"] += 1
+            log.warning(
+                "cannot send DHCP %s to %s: %s", decision.outcome, decision.destination, exc
+            )
+            return
+        self.counters["sent"] += 1
