@@ -38,23 +38,37 @@ install_python() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test]'
+    mkdir -p var
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[test]'; } >var/pip.log 2>&1; then
+        cat var/pip.log >&2
+        echo "bootstrap: installing the Python dependencies failed (log above)" >&2
+        exit 1
+    fi
 }
 
 run_demo() {
-    local sock
+    # cloudctld serves DHCP/DNS on network.interface (cloud0 in etc/cloudctl.yaml). The demo
+    # gives it a namespace of its own with a veth named cloud0, so the host's network is untouched.
+    local ns=cloudctl-demo sock
     sock=$(.venv/bin/python -c 'from cloudctl.config import load_config; print(load_config("etc/cloudctl.yaml").api.socket)')
-    .venv/bin/cloudctld --config etc/cloudctl.yaml &
+    ip netns del "$ns" 2>/dev/null || true
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add cloud0 type veth peer name cloud0-peer
+    ip -n "$ns" link set cloud0-peer up
+    ip -n "$ns" addr add 10.20.0.2/24 dev cloud0
+    ip -n "$ns" link set cloud0 up
+    ip netns exec "$ns" .venv/bin/cloudctld --config etc/cloudctl.yaml &
     local pid=$!
-    trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
+    trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; ip netns del '"$ns"' 2>/dev/null' EXIT
     for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
     local cli=(.venv/bin/cloudctl --config etc/cloudctl.yaml)
     "${cli[@]}" node show demo-hn1 >/dev/null 2>&1 ||
         "${cli[@]}" node add --mac 52:54:00:c1:0d:01 --role hnode --name demo-hn1 --reason "bootstrap demo"
     "${cli[@]}" node list
     echo
-    echo "cloudctld is running (pid $pid); in another shell try:"
+    echo "cloudctld is running (pid $pid, network namespace $ns); in another shell try:"
     echo "  .venv/bin/cloudctl --config etc/cloudctl.yaml node list"
     echo "Press Ctrl-C to stop it."
     wait $pid

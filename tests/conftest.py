@@ -24,12 +24,19 @@ api:
   socket: {socket}
 {tcp}
 network:
-  interface: cc0
+  interface: {interface}
   subnet: {subnet}
   gateway: {gateway}
   server: {server}
   dynamic_range: [{dyn_first}, {dyn_last}]
   domain: cloud.test
+dhcp:
+  enabled: {dhcp}
+  discovery: {discovery}
+dns:
+  enabled: {dns}
+  listen: [{dns_listen}]
+  port: {dns_port}
 """
 
 
@@ -39,7 +46,13 @@ def write_config(
     tcp_port: int | None = None,
     token: str | None = None,
     subnet: str = "10.20.0.0/24",
+    interface: str = "cc0",
+    dhcp: bool = False,
+    discovery: bool = False,
+    dns_port: int | None = None,
+    dns_listen: str = "127.0.0.1",
 ) -> Path:
+    """A config in `directory`; DHCP and DNS stay off unless a test asks for them."""
     import ipaddress
 
     net = ipaddress.IPv4Network(subnet)
@@ -60,6 +73,12 @@ def write_config(
             server=hosts[1],
             dyn_first=dyn_first,
             dyn_last=dyn_last,
+            interface=interface,
+            dhcp=str(dhcp).lower(),
+            discovery=str(discovery).lower(),
+            dns=str(dns_port is not None).lower(),
+            dns_listen=dns_listen,
+            dns_port=dns_port or 53,
         )
     )
     return path
