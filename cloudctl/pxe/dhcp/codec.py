@@ -110,6 +110,8 @@ def decode_message_type(value: bytes, code: int = OptionCode.MESSAGE_TYPE) -> Me
 
 
 def _ipv4(address: object, what: str) -> IPv4Address:
+    if isinstance(address, IPv4Address):
+        return address
     try:
         return IPv4Address(address)  # type: ignore[arg-type]
     except ValueError as err:
@@ -186,10 +188,21 @@ class DhcpMessage:
         if OptionCode.OVERLOAD in self.options:
             raise DhcpCodecError("option 52 (overload) is framing, not content; remove it")
 
+    @classmethod
+    def _trusted(cls, **fields: object) -> DhcpMessage:
+        """Build from fields the codec produced or already checked, skipping __post_init__.
+
+        decode() and reply_to() use this on the per-packet path; messages built by callers
+        still go through the full validation.
+        """
+        message = cls.__new__(cls)
+        message.__dict__.update(fields)
+        return message
+
     @property
     def mac(self) -> str:
         """The first hlen bytes of chaddr as 'aa:bb:cc:dd:ee:ff'."""
-        return ":".join(f"{octet:02x}" for octet in self.chaddr[: self.hlen])
+        return self.chaddr[: self.hlen].hex(":")
 
     @property
     def broadcast(self) -> bool:
@@ -338,7 +351,8 @@ def decode(data: bytes) -> DhcpMessage:
         instances += _overloaded_area(sname, "the sname field (overloaded)")
         sname = b""
     content = (pair for pair in instances if pair[0] != OptionCode.OVERLOAD)
-    return DhcpMessage(
+    # Every field comes from the fixed-size header just unpacked, so it is in range already.
+    return DhcpMessage._trusted(
         op=BootOp(op), htype=htype, hlen=hlen, hops=hops, xid=xid, secs=secs, flags=flags,
         ciaddr=IPv4Address(ciaddr), yiaddr=IPv4Address(yiaddr), siaddr=IPv4Address(siaddr),
         giaddr=IPv4Address(giaddr), chaddr=chaddr, sname=_c_string(sname), file=_c_string(file),
@@ -430,24 +444,30 @@ def reply_to(
     for reserved in (OptionCode.MESSAGE_TYPE, OptionCode.RELAY_AGENT_INFO):
         if reserved in body:
             raise DhcpCodecError(f"{describe_option(reserved)} is set by reply_to; do not pass it")
-    pairs = [(OptionCode.MESSAGE_TYPE.value, encode_u8(message_type))]
-    pairs += body.items()
+    values = {OptionCode.MESSAGE_TYPE.value: encode_u8(message_type)}
+    values.update(body.items())
     if request.relay_agent_info is not None:
-        pairs.append((OptionCode.RELAY_AGENT_INFO.value, request.relay_agent_info))
-    reply = DhcpMessage(
+        values[OptionCode.RELAY_AGENT_INFO.value] = request.relay_agent_info
+    for name, text, size in (("sname", sname, SNAME_SIZE), ("file", file, FILE_SIZE)):
+        if len(text) > size or b"\x00" in text:
+            raise DhcpCodecError(f"{name} must be at most {size} bytes with no NUL, got {text!r}")
+    # The header fields come from a decoded (or validated) request; options were checked above.
+    reply = DhcpMessage._trusted(
         op=BootOp.REPLY,
         htype=request.htype,
         hlen=request.hlen,
+        hops=0,
         xid=request.xid,
+        secs=0,
         flags=request.flags,
         ciaddr=request.ciaddr if message_type == MessageType.DHCPACK else _UNSPECIFIED,
         yiaddr=_ipv4(yiaddr, "yiaddr"),
         siaddr=_ipv4(siaddr, "siaddr"),
         giaddr=request.giaddr,
         chaddr=request.chaddr,
-        sname=sname,
-        file=file,
-        options=DhcpOptions(pairs),
+        sname=bytes(sname),
+        file=bytes(file),
+        options=DhcpOptions._adopt(values),
     )
     return _fit_to_client(reply, request)
 

@@ -126,11 +126,42 @@ class DhcpOptions(Mapping[int, bytes]):
         """Build from wire instances, concatenating repeated codes in order (RFC 3396)."""
         joined: dict[int, bytes] = {}
         for code, value in instances:
-            joined[code] = joined.get(code, b"") + value
-        return cls(joined)
+            joined[code] = joined[code] + value if code in joined else bytes(value)
+        for code in joined:
+            _check_code(code)
+        return cls._adopt(joined)
+
+    @classmethod
+    def _adopt(cls, values: dict[int, bytes]) -> DhcpOptions:
+        """Wrap a dict whose codes and bytes values are already checked (hot path: no copy)."""
+        options = cls.__new__(cls)
+        options._values = values
+        return options
 
     def __getitem__(self, code: int) -> bytes:
         return self._values[code]
+
+    # The Mapping mixins would go through __iter__ and __getitem__ per key; the server calls
+    # these for every packet, so hand them straight to the dict.
+    def get(self, code: int, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        return self._values.get(code, default)
+
+    def __contains__(self, code: object) -> bool:
+        return code in self._values
+
+    def keys(self):  # type: ignore[override]
+        return self._values.keys()
+
+    def items(self):  # type: ignore[override]
+        return self._values.items()
+
+    def values(self):  # type: ignore[override]
+        return self._values.values()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DhcpOptions):
+            return self._values == other._values
+        return Mapping.__eq__(self, other)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._values)
@@ -153,7 +184,7 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def without(self, *codes: int) -> DhcpOptions:
         """A copy with the given codes removed (absent codes are ignored)."""
-        return DhcpOptions((c, v) for c, v in self._values.items() if c not in codes)
+        return DhcpOptions._adopt({c: v for c, v in self._values.items() if c not in codes})
 
 
 def _check_code(code: object) -> None:
@@ -356,6 +387,8 @@ def encode_u32(number: int) -> bytes:
 
 
 def encode_ipv4(address: IPv4Address | str) -> bytes:
+    if isinstance(address, ipaddress.IPv4Address):
+        return address.packed  # IPv4Address(IPv4Address) would re-parse it as a string
     try:
         return ipaddress.IPv4Address(address).packed
     except ValueError as err:

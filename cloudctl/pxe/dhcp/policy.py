@@ -166,6 +166,15 @@ class DhcpPolicy:
         self.book = book
         self._offers: dict[IPv4Address, tuple[str, float]] = {}
         self._dynamic_cursor = int(settings.dynamic_first)
+        # The same for every reply: encoded once, not per packet.
+        self._static_options = [
+            (OptionCode.SERVER_ID, encode_ipv4(settings.server)),
+            (OptionCode.SUBNET_MASK, encode_ipv4(settings.subnet.netmask)),
+            (OptionCode.ROUTER, encode_ipv4_list(settings.routers)),
+            (OptionCode.DNS_SERVERS, encode_ipv4_list(settings.dns_servers)),
+            (OptionCode.DOMAIN_NAME, encode_text(settings.domain)),
+        ]
+        self._lease_options: dict[int, list[tuple[int, bytes]]] = {}
 
     def decide(self, msg: DhcpMessage, now: float) -> Decision:
         if msg.op != BootOp.REQUEST:
@@ -312,14 +321,7 @@ class DhcpPolicy:
                 del self._offers[ip]
 
     def _common_options(self, hostname: str | None) -> list[tuple[int, bytes]]:
-        s = self.settings
-        options = [
-            (OptionCode.SERVER_ID, encode_ipv4(s.server)),
-            (OptionCode.SUBNET_MASK, encode_ipv4(s.subnet.netmask)),
-            (OptionCode.ROUTER, encode_ipv4_list(s.routers)),
-            (OptionCode.DNS_SERVERS, encode_ipv4_list(s.dns_servers)),
-            (OptionCode.DOMAIN_NAME, encode_text(s.domain)),
-        ]
+        options = list(self._static_options)
         if hostname:
             options.append((OptionCode.HOSTNAME, encode_text(hostname)))
         return options
@@ -342,11 +344,8 @@ class DhcpPolicy:
         effects: tuple[Effect, ...],
         outcome: str,
     ) -> Decision:
-        lease_time = assignment.lease_time
         options = [
-            (OptionCode.LEASE_TIME, encode_u32(lease_time)),
-            (OptionCode.RENEWAL_TIME, encode_u32(lease_time // 2)),
-            (OptionCode.REBINDING_TIME, encode_u32(lease_time * 7 // 8)),
+            *self._timer_options(assignment.lease_time),
             *self._common_options(assignment.hostname),
         ]
         choice, boot = self._boot_options(msg, assignment.node)
@@ -362,6 +361,16 @@ class DhcpPolicy:
         boot_note = f", boot {choice.boot_file}" if choice else ""
         detail = f"{kind.name[4:]} {assignment.ip} to {msg.mac}{boot_note}"
         return Decision(outcome, reply, self._destination(msg, reply), effects, detail)
+
+    def _timer_options(self, lease_time: int) -> list[tuple[int, bytes]]:
+        cached = self._lease_options.get(lease_time)
+        if cached is None:
+            cached = self._lease_options[lease_time] = [
+                (OptionCode.LEASE_TIME, encode_u32(lease_time)),
+                (OptionCode.RENEWAL_TIME, encode_u32(lease_time // 2)),
+                (OptionCode.REBINDING_TIME, encode_u32(lease_time * 7 // 8)),
+            ]
+        return cached
 
     def _nak(self, msg: DhcpMessage, why: str) -> Decision:
         reply = reply_to(
