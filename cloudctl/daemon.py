@@ -17,6 +17,9 @@ from cloudctl import __version__
 from cloudctl.api.routes import App
 from cloudctl.api.server import ApiServer, ApiStartError
 from cloudctl.config import Config, ConfigError, default_config_path, load_config
+from cloudctl.dns.inventory import InventoryZone
+from cloudctl.dns.server import DnsServer
+from cloudctl.dns.zone import DnsError, ZoneSettings
 from cloudctl.jobs import TEST_JOB, JobRunner
 from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings, static_boot_offer
 from cloudctl.pxe.dhcp.server import DhcpServer, DhcpStartError
@@ -48,13 +51,22 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         dhcp = DhcpServer(DhcpPolicy(settings, store), store, config.network.interface)
         services.append(dhcp)
         app.counters["dhcp"] = dhcp.counters
+    if config.dns.enabled:
+        listen = [(str(address), config.dns.port) for address in config.dns.listen]
+        try:
+            dns = DnsServer(InventoryZone(store), ZoneSettings.from_config(config), listen)
+        except DnsError as exc:
+            await store.close()
+            raise StartupError(f"dns: {exc}") from None
+        services.append(dns)
+        app.counters["dns"] = dns.counters
     try:
         try:
             await runner.recover()
             for service in services:
                 await service.start()
             await api.start()
-        except (ApiStartError, StateError, DhcpStartError) as exc:
+        except (ApiStartError, StateError, DhcpStartError, DnsError) as exc:
             raise StartupError(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -87,17 +87,19 @@ def write_config(
 class Daemon:
     """A cloudctld subprocess; start/stop/kill it and talk to it through the real CLI."""
 
-    def __init__(self, directory: Path, config: Path) -> None:
+    def __init__(self, directory: Path, config: Path, *, netns: str | None = None) -> None:
         self.directory = directory
         self.config = config
+        self.netns = netns  # run inside this network namespace (its sockets stay on the fs)
         self.socket = directory / "api.sock"
         self.proc: subprocess.Popen | None = None
         self.log = directory / "cloudctld.log"
 
     def start(self, timeout: float = 15.0) -> None:
         log = self.log.open("ab")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudctl.daemon", "--config", str(self.config)],
+            [*prefix, sys.executable, "-m", "cloudctl.daemon", "--config", str(self.config)],
             stdout=log,
             stderr=log,
         )
@@ -142,6 +144,13 @@ class Daemon:
 
     def cli_json(self, *args: str) -> object:
         return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def api(self, method: str, path: str, body: dict | None = None) -> object:
+        client = ApiClient(str(self.socket))
+        try:
+            return client.request(method, path, body)
+        finally:
+            client.close()
 
 
 @pytest.fixture

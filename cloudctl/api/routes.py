@@ -8,7 +8,7 @@ through so every change is audited. The OpenAPI document is built from this same
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ class App:
         self.runner = runner
         self.pool = AddressPool.from_network(config.network)
         # Protocol servers register their packet counters here, by service name.
-        self.counters: dict[str, Mapping[str, int]] = {}
+        self.counters: dict[str, Any] = {}
 
     def find_node(self, key: str) -> Node:
         node = self.store.get_node(key)
@@ -162,7 +162,10 @@ async def accept_node(app: App, request: Request) -> Any:
 
 
 async def service_stats(app: App, request: Request) -> Any:
-    return {name: dict(counters) for name, counters in app.counters.items()}
+    return {
+        name: counters.as_dict() if hasattr(counters, "as_dict") else dict(counters)
+        for name, counters in app.counters.items()
+    }
 
 
 async def list_leases(app: App, request: Request) -> Any:

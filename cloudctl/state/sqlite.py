@@ -399,6 +399,9 @@ class SqliteStore(StateStore):
         return self._read("SELECT count(*) FROM nodes")[0][0]
 
     # audit
+    def last_change(self) -> int:
+        return self._read("SELECT coalesce(max(id), 0) FROM audit")[0][0]
+
     def list_audit(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]:
         columns = "id, at, actor, action, target, reason, detail"
         if target is None:

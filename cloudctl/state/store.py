@@ -104,6 +104,10 @@ class StateStore(ABC):
 
     # audit
     @abstractmethod
+    def last_change(self) -> int:
+        """Grows with every audited change: DNS uses it as the zone's SOA serial."""
+
+    @abstractmethod
     def list_audit(self, *, target: str | None = None, limit: int = 100) -> list[AuditEntry]: ...
 
     # jobs

@@ -28,6 +28,19 @@ from cloudctl.state import StateError, StateStore
 log = logging.getLogger(__name__)
 
 
+# A rack powering on sends thousands of DISCOVERs at once; the default ~200 KiB buffer
+# would drop most of them before the loop reads them.
+RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
+
+
+def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)  # root: past rmem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class DhcpStartError(Exception):
     """The DHCP socket could not be opened; the message says why."""
 
@@ -49,6 +62,7 @@ class DhcpServer(asyncio.DatagramProtocol):
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            _grow_receive_buffer(sock, RECEIVE_BUFFER_BYTES)
             # Only this link: a DHCP server answering on the wrong segment hands out bad leases.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
             sock.bind(("0.0.0.0", self.port))
@@ -91,7 +105,6 @@ class DhcpServer(asyncio.DatagramProtocol):
             self.counters["internal_error"] += 1
             log.exception("DHCP policy failed on a packet from %s", addr[0])
             return
-        self.counters[decision.outcome] += 1
         if decision.detail:
             log.debug("%s: %s", decision.outcome, decision.detail)
         if decision.effects:
@@ -99,6 +112,7 @@ class DhcpServer(asyncio.DatagramProtocol):
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
         else:
+            self.counters[decision.outcome] += 1
             self._send(decision)
 
     def error_received(self, exc: Exception) -> None:
@@ -115,6 +129,8 @@ class DhcpServer(asyncio.DatagramProtocol):
             return
         if decision.outcome == "declined":
             log.warning("%s", decision.detail)
+        # Counted once committed, so "ack" means ACKs whose lease is on disk.
+        self.counters[decision.outcome] += 1
         self._send(decision)
 
     async def _apply(self, effect: Effect) -> None:
