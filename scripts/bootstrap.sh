@@ -8,11 +8,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-# Debian packages: the Python toolchain, plus the real peers the tests talk to.
+# Debian packages: the Python toolchain for every job; the tests add the real peers they
+# talk to (scripts/test-packages.txt: qemu, udhcpc, dhclient, perfdhcp, dig, ...).
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config
     iproute2 curl procps
 )
+
+package_list() {
+    grep -v '^[[:space:]]*\(#\|$\)' "$1"
+}
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -84,6 +89,10 @@ job=${1:-}
 shift || true
 case "$job" in
     demo) need_root; install_system_packages; install_python; run_demo ;;
-    test) need_root; install_system_packages; install_python; run_tests "$@" ;;
+    test)
+        need_root
+        mapfile -t extra < <(package_list scripts/test-packages.txt)
+        APT_PACKAGES+=("${extra[@]}")
+        install_system_packages; install_python; run_tests "$@" ;;
     *) echo "usage: bash scripts/bootstrap.sh demo|test [pytest args]" >&2; exit 2 ;;
 esac
