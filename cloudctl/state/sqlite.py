@@ -326,19 +326,29 @@ class SqliteStore(StateStore):
     async def bind_lease(
         self, mac: str, ip: ipaddress.IPv4Address, expires: float, hostname: str | None
     ) -> Lease:
-        def op(conn: sqlite3.Connection) -> Lease:
+        await self.bind_leases([(mac, ip, expires, hostname)])
+        lease = self.lease_by_mac(mac)
+        assert lease is not None
+        return lease
+
+    async def bind_leases(
+        self, leases: list[tuple[str, ipaddress.IPv4Address, float, str | None]]
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
             now = time.time()
-            conn.execute("DELETE FROM leases WHERE ip = ? AND mac != ?", (int(ip), mac))
-            conn.execute(
+            rows = [(mac, int(ip), expires, hostname, now) for mac, ip, expires, hostname in leases]
+            conn.executemany(
+                "DELETE FROM leases WHERE ip = ? AND mac != ?", [(r[1], r[0]) for r in rows]
+            )
+            conn.executemany(
                 "INSERT INTO leases (mac, ip, expires, hostname, updated_at) "
                 "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires, "
                 "hostname = excluded.hostname, updated_at = excluded.updated_at",
-                (mac, int(ip), expires, hostname, now),
+                rows,
             )
-            return Lease(mac, ip, expires, hostname, now)
 
-        return await self._write(op)
+        await self._write(op)
 
     async def end_lease(self, mac: str, at: float) -> None:
         def op(conn: sqlite3.Connection) -> None:

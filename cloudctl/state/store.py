@@ -85,6 +85,12 @@ class StateStore(ABC):
         """Record that `mac` holds `ip` until `expires`; any other holder of `ip` loses it."""
 
     @abstractmethod
+    async def bind_leases(
+        self, leases: list[tuple[str, ipaddress.IPv4Address, float, str | None]]
+    ) -> None:
+        """bind_lease for many at once, in one write (the DHCP server's group commit)."""
+
+    @abstractmethod
     async def end_lease(self, mac: str, at: float) -> None: ...
 
     @abstractmethod

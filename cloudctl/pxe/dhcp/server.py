@@ -1,8 +1,9 @@
 """The DHCP server's transport: a UDP socket on port 67 bound to one interface.
 
-Moves bytes only: decode, ask the policy, commit the decision's effects through the store
-(group commit batches concurrent ACKs into one fsync), then send. Malformed packets are
-counted and dropped; nothing a client sends can stop the server.
+Moves bytes only: decode, ask the policy, commit the decision's effects, then send. Replies
+that need a write wait in a queue; one flusher commits everything queued since its last
+commit in a single write and then sends those replies (group commit: one fsync for a burst of
+ACKs, and no ACK before its lease is on disk). Malformed packets are counted and dropped.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class DhcpServer(asyncio.DatagramProtocol):
         self.port = port
         self.counters: Counter[str] = Counter()
         self._transport: asyncio.DatagramTransport | None = None
-        self._pending: set[asyncio.Task] = set()
+        self._waiting: list[Decision] = []
+        self._work = asyncio.Event()
+        self._flusher: asyncio.Task | None = None
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -78,14 +81,20 @@ class DhcpServer(asyncio.DatagramProtocol):
             ) from None
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._flusher = asyncio.create_task(self._flush_forever(), name="dhcp-flusher")
         log.info("DHCP listening on %s port %d", self.interface, self.port)
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.wait([self._flusher])
+            self._flusher = None
+        if self._waiting:  # decided before the stop: commit and answer them still
+            batch, self._waiting = self._waiting, []
+            await self._commit_then_send(batch)
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        if self._pending:
-            await asyncio.wait(self._pending)
 
     # asyncio.DatagramProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,9 +117,8 @@ class DhcpServer(asyncio.DatagramProtocol):
         if decision.detail:
             log.debug("%s: %s", decision.outcome, decision.detail)
         if decision.effects:
-            task = asyncio.create_task(self._commit_then_send(decision))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self._waiting.append(decision)
+            self._work.set()
         else:
             self.counters[decision.outcome] += 1
             self._send(decision)
@@ -119,24 +127,60 @@ class DhcpServer(asyncio.DatagramProtocol):
         self.counters["socket_error"] += 1
         log.debug("DHCP socket error: %s", exc)
 
-    async def _commit_then_send(self, decision: Decision) -> None:
-        try:
-            await asyncio.gather(*(self._apply(effect) for effect in decision.effects))
-        except StateError as exc:
-            # No reply rather than an ACK we could not record: the client simply retries.
-            self.counters["store_error"] += 1
-            log.error("DHCP %s not sent, the state store refused it: %s", decision.outcome, exc)
-            return
-        if decision.outcome == "declined":
-            log.warning("%s", decision.detail)
-        # Counted once committed, so "ack" means ACKs whose lease is on disk.
-        self.counters[decision.outcome] += 1
-        self._send(decision)
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            batch, self._waiting = self._waiting, []
+            if batch:
+                await self._commit_then_send(batch)
+
+    async def _commit_then_send(self, batch: list[Decision]) -> None:
+        # Discovery, release and decline effects: concurrent, so they share one commit too.
+        special = [d for d in batch if any(not isinstance(e, BindLease) for e in d.effects)]
+        outcomes = await asyncio.gather(
+            *(self._apply_special(d) for d in special), return_exceptions=True
+        )
+        failed = {}
+        for decision, outcome in zip(special, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, StateError):
+                    raise outcome
+                failed[id(decision)] = outcome
+                self._refused(decision, outcome)
+        committed = [d for d in batch if id(d) not in failed]
+        binds = [
+            (e.mac, e.ip, e.expires, e.hostname)
+            for d in committed
+            for e in d.effects
+            if isinstance(e, BindLease)
+        ]
+        if binds:
+            try:
+                await self.store.bind_leases(binds)
+            except StateError as exc:
+                for decision in committed:
+                    self._refused(decision, exc)
+                return
+        for decision in committed:
+            if decision.outcome == "declined":
+                log.warning("%s", decision.detail)
+            # Counted once committed, so "ack" means ACKs whose lease is on disk.
+            self.counters[decision.outcome] += 1
+            self._send(decision)
+
+    async def _apply_special(self, decision: Decision) -> None:
+        for effect in decision.effects:
+            if not isinstance(effect, BindLease):
+                await self._apply(effect)
+
+    def _refused(self, decision: Decision, exc: StateError) -> None:
+        # No reply rather than an ACK we could not record: the client simply retries.
+        self.counters["store_error"] += 1
+        log.error("DHCP %s not sent, the state store refused it: %s", decision.outcome, exc)
 
     async def _apply(self, effect: Effect) -> None:
         match effect:
-            case BindLease(mac, ip, expires, hostname):
-                await self.store.bind_lease(mac, ip, expires, hostname)
             case EndLease(mac, at):
                 await self.store.end_lease(mac, at)
             case DeclineAddress(ip, until, mac):
