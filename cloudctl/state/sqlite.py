@@ -336,16 +336,12 @@ class SqliteStore(StateStore):
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             now = time.time()
-            rows = [(mac, int(ip), expires, hostname, now) for mac, ip, expires, hostname in leases]
+            # REPLACE removes every row that conflicts on mac or on ip: the client's old lease
+            # and any other holder of this address, in one statement.
             conn.executemany(
-                "DELETE FROM leases WHERE ip = ? AND mac != ?", [(r[1], r[0]) for r in rows]
-            )
-            conn.executemany(
-                "INSERT INTO leases (mac, ip, expires, hostname, updated_at) "
-                "VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, expires = excluded.expires, "
-                "hostname = excluded.hostname, updated_at = excluded.updated_at",
-                rows,
+                "INSERT OR REPLACE INTO leases (mac, ip, expires, hostname, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(mac, int(ip), expires, hostname, now) for mac, ip, expires, hostname in leases],
             )
 
         await self._write(op)

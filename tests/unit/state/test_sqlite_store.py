@@ -174,3 +174,20 @@ def test_one_process_holds_the_state(tmp_path):
         await second.close()
 
     run(scenario())
+
+
+def test_binding_an_address_takes_it_from_its_previous_holder(tmp_path):
+    async def scenario():
+        store = await _opened(tmp_path / "s.db")
+        ip_a, ip_b = ipaddress.IPv4Address("10.1.0.2"), ipaddress.IPv4Address("10.1.0.3")
+        await store.bind_leases([("52:54:00:00:00:01", ip_a, 100.0, "hn1")])
+        await store.bind_leases([("52:54:00:00:00:02", ip_a, 200.0, None)])  # address moves
+        await store.bind_leases([("52:54:00:00:00:02", ip_b, 300.0, None)])  # client moves
+        leases = store.list_leases()
+        await store.close()
+        return leases
+
+    leases = run(scenario())
+    assert [(lease.mac, str(lease.ip), lease.expires) for lease in leases] == [
+        ("52:54:00:00:00:02", "10.1.0.3", 300.0)
+    ]
