@@ -138,6 +138,57 @@ class _Assignment:
     dynamic: bool
 
 
+class HeldOffers:
+    """Dynamic addresses offered but not yet requested, indexed by address and by MAC.
+
+    Both lookups are O(1); expired holds are swept at most every few seconds, so a discovery
+    storm does not make every DISCOVER scan every outstanding offer.
+    """
+
+    def __init__(self) -> None:
+        self._by_ip: dict[IPv4Address, tuple[str, float]] = {}
+        self._by_mac: dict[str, IPv4Address] = {}
+        self._next_sweep = 0.0
+
+    def hold(self, ip: IPv4Address, mac: str, until: float) -> None:
+        self.release_mac(mac)
+        self.release_ip(ip)
+        self._by_ip[ip] = (mac, until)
+        self._by_mac[mac] = ip
+
+    def for_mac(self, mac: str, now: float) -> IPv4Address | None:
+        self._sweep(now)
+        ip = self._by_mac.get(mac)
+        if ip is not None and self._by_ip[ip][1] <= now:
+            self.release_ip(ip)
+            return None
+        return ip
+
+    def holder(self, ip: IPv4Address, now: float) -> str | None:
+        entry = self._by_ip.get(ip)
+        return entry[0] if entry is not None and entry[1] > now else None
+
+    def release_ip(self, ip: IPv4Address) -> None:
+        entry = self._by_ip.pop(ip, None)
+        if entry is not None and self._by_mac.get(entry[0]) == ip:
+            del self._by_mac[entry[0]]
+
+    def release_mac(self, mac: str) -> None:
+        ip = self._by_mac.pop(mac, None)
+        if ip is not None:
+            self._by_ip.pop(ip, None)
+
+    def __len__(self) -> int:
+        return len(self._by_ip)
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 5.0
+        for ip in [ip for ip, (_, until) in self._by_ip.items() if until <= now]:
+            self.release_ip(ip)
+
+
 def static_boot_offer(config: Config) -> Callable[[Node | None], BootOffer]:
     """Every node boots undionly.kpxe (BIOS) or snponly.efi (UEFI), then its iPXE script.
 
@@ -164,7 +215,7 @@ class DhcpPolicy:
     def __init__(self, settings: DhcpSettings, book: LeaseBook) -> None:
         self.settings = settings
         self.book = book
-        self._offers: dict[IPv4Address, tuple[str, float]] = {}
+        self._offers = HeldOffers()
         self._dynamic_cursor = int(settings.dynamic_first)
         # The same for every reply: encoded once, not per packet.
         self._static_options = [
@@ -204,7 +255,7 @@ class DhcpPolicy:
             return Decision("ignored", detail=f"unknown MAC {msg.mac} (discovery is off)")
         effects: tuple[Effect, ...] = ()
         if assignment.dynamic:
-            self._offers[assignment.ip] = (msg.mac, now + OFFER_HOLD_SECONDS)
+            self._offers.hold(assignment.ip, msg.mac, now + OFFER_HOLD_SECONDS)
             if node is None:
                 effects = (RecordDiscovered(msg.mac),)
         return self._answer(msg, MessageType.DHCPOFFER, assignment, effects, "offer")
@@ -226,7 +277,7 @@ class DhcpPolicy:
             return self._nak(msg, f"{asked} is not the address of {msg.mac}")
         expires = now + assignment.lease_time
         bind = BindLease(msg.mac, assignment.ip, expires, assignment.hostname)
-        self._offers.pop(assignment.ip, None)
+        self._offers.release_ip(assignment.ip)
         return self._answer(msg, MessageType.DHCPACK, assignment, (bind,), "ack")
 
     def _decline(self, msg: DhcpMessage, now: float) -> Decision:
@@ -239,7 +290,7 @@ class DhcpPolicy:
             detail = (
                 f"node {node.name} declined its fixed address {ip}: address conflict on the segment"
             )
-        self._offers.pop(ip, None)
+        self._offers.release_ip(ip)
         return Decision(
             "declined",
             effects=(DeclineAddress(ip, now + DECLINE_HOLD_SECONDS, msg.mac),),
@@ -284,11 +335,9 @@ class DhcpPolicy:
     def _dynamic_address(
         self, mac: str, now: float, hint: IPv4Address | None
     ) -> IPv4Address | None:
-        for ip, (holder, until) in list(self._offers.items()):
-            if until <= now:
-                del self._offers[ip]
-            elif holder == mac:
-                return ip
+        held = self._offers.for_mac(mac, now)
+        if held is not None:
+            return held
         if hint is not None and self._dynamic_free(hint, mac, now):
             return hint
         lease = self.book.lease_by_mac(mac)
@@ -306,8 +355,8 @@ class DhcpPolicy:
     def _dynamic_free(self, ip: IPv4Address, mac: str, now: float) -> bool:
         if not self.settings.dynamic_first <= ip <= self.settings.dynamic_last:
             return False
-        offered = self._offers.get(ip)
-        if offered is not None and offered[0] != mac and offered[1] > now:
+        holder = self._offers.holder(ip, now)
+        if holder is not None and holder != mac:
             return False
         declined = self.book.declined_until(ip)
         if declined is not None and declined > now:
@@ -316,9 +365,7 @@ class DhcpPolicy:
         return lease is None or lease.mac == mac or lease.expires <= now
 
     def _forget_offer(self, mac: str) -> None:
-        for ip, (holder, _) in list(self._offers.items()):
-            if holder == mac:
-                del self._offers[ip]
+        self._offers.release_mac(mac)
 
     def _common_options(self, hostname: str | None) -> list[tuple[int, bytes]]:
         options = list(self._static_options)

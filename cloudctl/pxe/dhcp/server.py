@@ -29,9 +29,14 @@ from cloudctl.state import StateError, StateStore
 log = logging.getLogger(__name__)
 
 
-# A rack powering on sends thousands of DISCOVERs at once; the default ~200 KiB buffer
-# would drop most of them before the loop reads them.
-RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
+# A rack powering on sends thousands of DISCOVERs at once; the default ~200 KiB buffer would
+# drop most of them before the loop reads them. Much more than a few thousand packets would
+# only hold requests so long that their clients have given up (slow recovery from overload).
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# A reply still waiting for its commit after this long is dropped: clients retransmit after
+# 1-4 s, so sending it would only add load while the server is overloaded.
+STALE_AFTER_SECONDS = 2.0
+MAX_WAITING = 20_000
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python does not export it
 
 
@@ -56,7 +61,7 @@ class DhcpServer(asyncio.DatagramProtocol):
         self.port = port
         self.counters: Counter[str] = Counter()
         self._transport: asyncio.DatagramTransport | None = None
-        self._waiting: list[Decision] = []
+        self._waiting: list[tuple[float, Decision]] = []
         self._work = asyncio.Event()
         self._flusher: asyncio.Task | None = None
 
@@ -90,8 +95,8 @@ class DhcpServer(asyncio.DatagramProtocol):
             await asyncio.wait([self._flusher])
             self._flusher = None
         if self._waiting:  # decided before the stop: commit and answer them still
-            batch, self._waiting = self._waiting, []
-            await self._commit_then_send(batch)
+            queued, self._waiting = self._waiting, []
+            await self._commit_then_send([decision for _, decision in queued])
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -117,7 +122,10 @@ class DhcpServer(asyncio.DatagramProtocol):
         if decision.detail:
             log.debug("%s: %s", decision.outcome, decision.detail)
         if decision.effects:
-            self._waiting.append(decision)
+            if len(self._waiting) >= MAX_WAITING:
+                self.counters["overload"] += 1  # shed load: the client will retry
+                return
+            self._waiting.append((time.monotonic(), decision))
             self._work.set()
         else:
             self.counters[decision.outcome] += 1
@@ -131,7 +139,11 @@ class DhcpServer(asyncio.DatagramProtocol):
         while True:
             await self._work.wait()
             self._work.clear()
-            batch, self._waiting = self._waiting, []
+            queued, self._waiting = self._waiting, []
+            fresh_after = time.monotonic() - STALE_AFTER_SECONDS
+            batch = [decision for at, decision in queued if at >= fresh_after]
+            if len(batch) < len(queued):
+                self.counters["stale"] += len(queued) - len(batch)
             if batch:
                 await self._commit_then_send(batch)
 
