@@ -81,7 +81,12 @@ class DnsConfig:
 @dataclass(frozen=True)
 class BootConfig:
     tftp_root: Path
+    image_dir: Path
     http_port: int
+    tftp_port: int
+    tftp_max_transfers: int
+    tftp_max_per_client: int
+    tftp_max_windowsize: int
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,15 @@ def _seconds(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
+def _count(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return convert
+
+
 def _log_level(value: Any) -> str:
     text = _string(value).upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -342,7 +356,12 @@ def load_config(path: Path | str) -> Config:
     boot = top.section("boot")
     boot_config = BootConfig(
         tftp_root=boot.value("tftp_root", _path_under(base), Path("/var/lib/cloudctl/tftp")),
+        image_dir=boot.value("image_dir", _path_under(base), Path("/var/lib/cloudctl/images")),
         http_port=boot.value("http_port", _port, 8080),
+        tftp_port=boot.value("tftp_port", _port, 69),
+        tftp_max_transfers=boot.value("tftp_max_transfers", _count(1, 100_000), 512),
+        tftp_max_per_client=boot.value("tftp_max_per_client", _count(1, 1000), 4),
+        tftp_max_windowsize=boot.value("tftp_max_windowsize", _count(1, 65535), 64),
     )
     boot.finish()
     network_config = _load_network(top.section("network"))
