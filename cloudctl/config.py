@@ -80,6 +80,7 @@ class DnsConfig:
 
 @dataclass(frozen=True)
 class BootConfig:
+    enabled: bool
     tftp_root: Path
     image_dir: Path
     http_port: int
@@ -355,6 +356,7 @@ def load_config(path: Path | str) -> Config:
     state.finish()
     boot = top.section("boot")
     boot_config = BootConfig(
+        enabled=boot.value("enabled", _bool, True),
         tftp_root=boot.value("tftp_root", _path_under(base), Path("/var/lib/cloudctl/tftp")),
         image_dir=boot.value("image_dir", _path_under(base), Path("/var/lib/cloudctl/images")),
         http_port=boot.value("http_port", _port, 8080),

@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 from cloudctl import __version__
-from cloudctl.api.routes import App
+from cloudctl.api.base import App
 from cloudctl.api.server import ApiServer, ApiStartError
 from cloudctl.config import Config, ConfigError, default_config_path, load_config
 from cloudctl.dns.inventory import InventoryZone
 from cloudctl.dns.server import DnsServer
 from cloudctl.dns.zone import DnsError, ZoneSettings
 from cloudctl.jobs import TEST_JOB, JobRunner
-from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings, static_boot_offer
+from cloudctl.pxe.catalog import BootCatalog
+from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings
 from cloudctl.pxe.dhcp.server import DhcpServer, DhcpStartError
 from cloudctl.state import StateError
 from cloudctl.state.sqlite import SqliteStore
@@ -46,8 +47,9 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     app = App(config, store, runner)
     api = ApiServer(app, config.api)
     services: list = []
+    catalog = BootCatalog(store, config)
     if config.dhcp.enabled:
-        settings = DhcpSettings.from_config(config, static_boot_offer(config))
+        settings = DhcpSettings.from_config(config, catalog.boot_offer)
         dhcp = DhcpServer(DhcpPolicy(settings, store), store, config.network.interface)
         services.append(dhcp)
         app.counters["dhcp"] = dhcp.counters

@@ -33,6 +33,11 @@ network:
 dhcp:
   enabled: {dhcp}
   discovery: {discovery}
+boot:
+  enabled: {boot}
+  tftp_root: {directory}/tftp
+  image_dir: {directory}/images
+  http_port: {http_port}
 dns:
   enabled: {dns}
   listen: [{dns_listen}]
@@ -51,6 +56,8 @@ def write_config(
     discovery: bool = False,
     dns_port: int | None = None,
     dns_listen: str = "127.0.0.1",
+    boot: bool = False,
+    http_port: int = 8080,
 ) -> Path:
     """A config in `directory`; DHCP and DNS stay off unless a test asks for them."""
     import ipaddress
@@ -79,6 +86,9 @@ def write_config(
             dns=str(dns_port is not None).lower(),
             dns_listen=dns_listen,
             dns_port=dns_port or 53,
+            boot=str(boot).lower(),
+            directory=directory,
+            http_port=http_port,
         )
     )
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloudctl import __version__
-from cloudctl.api.routes import ROUTES
+from cloudctl.api.table import ROUTES
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -42,6 +42,31 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "number"},
             "started_at": {"type": ["number", "null"]},
             "finished_at": {"type": ["number", "null"]},
+        },
+    },
+    "Image": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "kernel_sha256": {"type": "string"},
+            "initrd_sha256": {"type": "string"},
+            "hypervisor_sha256": {"type": ["string", "null"]},
+            "multiboot": {"type": "boolean"},
+            "size": {"type": "integer"},
+            "created_at": {"type": "number"},
+        },
+    },
+    "Profile": {
+        "type": "object",
+        "properties": {
+            "role": {"type": "string", "enum": ["hnode", "snode", "instance", "discovery"]},
+            "version": {"type": "integer"},
+            "image": {"type": ["string", "null"]},
+            "bios_program": {"type": "string"},
+            "cmdline": {"type": "string"},
+            "hypervisor_args": {"type": "string"},
+            "active": {"type": "boolean"},
+            "created_at": {"type": "number"},
         },
     },
     "AuditEntry": {

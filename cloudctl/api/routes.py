@@ -1,120 +1,15 @@
-"""The API's routes as a table, and their handlers: JSON in, store and job calls, JSON out.
-
-Handlers validate input before any write (InventoryError -> 400), let the store decide
-conflicts (409) and missing objects (404), and pass the caller's identity and --reason
-through so every change is audited. The OpenAPI document is built from this same table.
-"""
+"""Inventory, job, audit, lease and stats routes: JSON in, store and job calls, JSON out."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from cloudctl import __version__
-from cloudctl.config import Config
-from cloudctl.httpwire import HttpError, RequestHead
-from cloudctl.inventory import (
-    AddressPool,
-    InventoryError,
-    NodeState,
-    Role,
-    parse_mac,
-    parse_name,
-    parse_role,
-)
-from cloudctl.jobs import JobRunner
-from cloudctl.state import Conflict, Node, NotFound, StateError, StateStore
-from cloudctl.state.store import Change, NodeRequest
-
-
-@dataclass(frozen=True)
-class Request:
-    head: RequestHead
-    path_params: dict[str, str]
-    body: Any
-    actor: str
-
-    def fields(self, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
-        body = self.body if self.body is not None else {}
-        if not isinstance(body, dict):
-            raise HttpError(400, "the request body must be a JSON object")
-        unknown = sorted(set(body) - set(required) - set(optional))
-        if unknown:
-            raise HttpError(400, f"unknown field {unknown[0]!r}")
-        for name in required:
-            if body.get(name) is None:
-                raise HttpError(400, f"missing field {name!r}")
-        return body
-
-    def change(self) -> Change:
-        reason = None
-        if isinstance(self.body, dict):
-            reason = self.body.get("reason")
-        reason = reason if reason is not None else self.head.query.get("reason")
-        if reason is not None and not isinstance(reason, str):
-            raise HttpError(400, "reason must be a string")
-        return Change(actor=self.actor, reason=reason or None)
-
-
-Handler = Callable[["App", Request], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    template: str
-    handler: Handler
-    summary: str
-    request_schema: dict | None = None
-    response_schema: dict = field(default_factory=dict)
-    query: tuple[str, ...] = ()
-    status: int = 200
-    pattern: re.Pattern = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
-        object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
-
-
-class App:
-    """Everything a handler may use."""
-
-    def __init__(self, config: Config, store: StateStore, runner: JobRunner) -> None:
-        self.config = config
-        self.store = store
-        self.runner = runner
-        self.pool = AddressPool.from_network(config.network)
-        # Protocol servers register their packet counters here, by service name.
-        self.counters: dict[str, Any] = {}
-
-    def find_node(self, key: str) -> Node:
-        node = self.store.get_node(key)
-        if node is None:
-            try:
-                node = self.store.node_by_mac(parse_mac(key))
-            except InventoryError:
-                node = None
-        if node is None:
-            raise NotFound(f"no node named {key!r}")
-        return node
-
-
-def _string(body: dict, name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise HttpError(400, f"{name} must be a string")
-    return value
-
-
-def _int_query(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.head.query.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise HttpError(400, f"query parameter {name} must be an integer from {low} to {high}")
-    return int(text)
+from cloudctl.api.base import App, Request, Route, body_string, int_query
+from cloudctl.httpwire import HttpError
+from cloudctl.inventory import InventoryError, NodeState, Role, parse_mac, parse_name, parse_role
+from cloudctl.state import NotFound
+from cloudctl.state.store import NodeRequest
 
 
 async def health(app: App, request: Request) -> Any:
@@ -137,10 +32,10 @@ async def list_nodes(app: App, request: Request) -> Any:
 
 async def add_node(app: App, request: Request) -> Any:
     body = request.fields(required=("mac", "role"), optional=("name", "ip", "reason"))
-    name, ip = _string(body, "name"), _string(body, "ip")
+    name, ip = body_string(body, "name"), body_string(body, "ip")
     node_request = NodeRequest(
-        mac=parse_mac(_string(body, "mac") or ""),
-        role=parse_role(_string(body, "role") or ""),
+        mac=parse_mac(body_string(body, "mac") or ""),
+        role=parse_role(body_string(body, "role") or ""),
         name=parse_name(name) if name is not None else None,
         ip=app.pool.check_fixed(ip) if ip is not None else None,
     )
@@ -151,10 +46,10 @@ async def add_node(app: App, request: Request) -> Any:
 async def accept_node(app: App, request: Request) -> Any:
     body = request.fields(required=("role",), optional=("name", "ip", "reason"))
     mac = parse_mac(request.path_params["mac"])
-    name, ip = _string(body, "name"), _string(body, "ip")
+    name, ip = body_string(body, "name"), body_string(body, "ip")
     node_request = NodeRequest(
         mac=mac,
-        role=parse_role(_string(body, "role") or ""),
+        role=parse_role(body_string(body, "role") or ""),
         name=parse_name(name) if name is not None else None,
         ip=app.pool.check_fixed(ip) if ip is not None else None,
     )
@@ -195,7 +90,7 @@ async def undrain_node(app: App, request: Request) -> Any:
 
 
 async def list_audit(app: App, request: Request) -> Any:
-    limit = _int_query(request, "limit", 100, 1, 10_000)
+    limit = int_query(request, "limit", 100, 1, 10_000)
     entries = app.store.list_audit(target=request.head.query.get("target") or None, limit=limit)
     return {"entries": [entry.to_json() for entry in entries]}
 
@@ -215,13 +110,13 @@ def _job_or_404(app: App, job_id: int) -> Any:
 
 
 async def list_jobs(app: App, request: Request) -> Any:
-    limit = _int_query(request, "limit", 50, 1, 10_000)
+    limit = int_query(request, "limit", 50, 1, 10_000)
     return {"jobs": [job.to_json() for job in app.store.list_jobs(limit=limit)]}
 
 
 async def submit_job(app: App, request: Request) -> Any:
     body = request.fields(required=("kind",), optional=("params", "reason"))
-    kind = _string(body, "kind") or ""
+    kind = body_string(body, "kind") or ""
     params = body.get("params") or {}
     if not isinstance(params, dict):
         raise HttpError(400, "params must be a JSON object")
@@ -243,8 +138,8 @@ async def show_job(app: App, request: Request) -> Any:
 async def job_progress(app: App, request: Request) -> Any:
     job_id = _job_id(request)
     _job_or_404(app, job_id)
-    after = _int_query(request, "after", 0, 0, 2**62)
-    wait = _int_query(request, "wait", 0, 0, 60)
+    after = int_query(request, "after", 0, 0, 2**62)
+    wait = int_query(request, "wait", 0, 0, 60)
     if wait:
         await app.runner.wait_for_change(job_id, after, wait)
     job = _job_or_404(app, job_id)
@@ -424,31 +319,3 @@ ROUTES: tuple[Route, ...] = (
         response_schema=_JOB,
     ),
 )
-
-
-def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
-    allowed = []
-    for route in ROUTES:
-        found = route.pattern.match(path)
-        if found:
-            if route.method == method:
-                return route, found.groupdict()
-            allowed.append(route.method)
-    if allowed:
-        raise HttpError(405, f"{method} is not allowed on {path}; use {', '.join(allowed)}")
-    raise HttpError(404, f"no such API path {path}")
-
-
-def error_status(exc: Exception) -> int | None:
-    """The HTTP status for an error a handler raised on purpose, or None for a bug."""
-    if isinstance(exc, HttpError):
-        return exc.status
-    if isinstance(exc, InventoryError):
-        return 400
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, StateError):
-        return 503
-    return None

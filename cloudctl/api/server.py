@@ -18,8 +18,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from cloudctl.api.base import App, Request, error_status
 from cloudctl.api.openapi import build_openapi
-from cloudctl.api.routes import App, Request, error_status, match
+from cloudctl.api.table import match
 from cloudctl.config import ApiConfig
 from cloudctl.httpwire import (
     MAX_HEAD_BYTES,

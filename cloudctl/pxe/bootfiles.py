@@ -87,6 +87,8 @@ class BootFiles:
     roots: tuple[Path, ...]
     render: Renderer
     packaged: dict[str, Path]
+    # (prefix, directory): "images/" -> image_dir serves images/NAME/kernel from image_dir/NAME.
+    mounts: tuple[tuple[str, Path], ...] = ()
 
     def open(
         self, requested: str, *, mac: str | None = None, client_ip: str | None = None
@@ -96,9 +98,13 @@ class BootFiles:
         content = self.render(name, mac, client_ip)
         if content is not None:
             return RenderedFile(name, content)
-        for root in self.roots:
+        places = [(root, requested) for root in self.roots]
+        places[:0] = [
+            (root, name[len(prefix) :]) for prefix, root in self.mounts if name.startswith(prefix)
+        ]
+        for root, inside in places:
             try:
-                path = resolve_inside(root, requested)
+                path = resolve_inside(root, inside)
             except TftpPathError as exc:
                 raise BootFileError(Refusal.ACCESS, str(exc)) from None
             if path.is_file():

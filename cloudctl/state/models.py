@@ -123,3 +123,56 @@ class Lease:
             "hostname": self.hostname,
             "updated_at": self.updated_at,
         }
+
+
+@dataclass(frozen=True)
+class Image:
+    """A kernel + initramfs (+ optional Xen hypervisor) imported under a name; never changed."""
+
+    name: str
+    kernel_sha256: str
+    initrd_sha256: str
+    hypervisor_sha256: str | None
+    size: int
+    created_at: float
+
+    @property
+    def multiboot(self) -> bool:
+        return self.hypervisor_sha256 is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kernel_sha256": self.kernel_sha256,
+            "initrd_sha256": self.initrd_sha256,
+            "hypervisor_sha256": self.hypervisor_sha256,
+            "multiboot": self.multiboot,
+            "size": self.size,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a role boots: one version of it (the active one unless asked otherwise)."""
+
+    role: str
+    version: int
+    image: str | None
+    bios_program: str
+    cmdline: str
+    hypervisor_args: str
+    active: bool
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "version": self.version,
+            "image": self.image,
+            "bios_program": self.bios_program,
+            "cmdline": self.cmdline,
+            "hypervisor_args": self.hypervisor_args,
+            "active": self.active,
+            "created_at": self.created_at,
+        }

@@ -78,6 +78,30 @@ MIGRATIONS: tuple[str, ...] = (
         mac TEXT NOT NULL
     );
     """,
+    # 3: boot images (immutable, imported files) and boot profiles per role, versioned so a
+    # rollback returns to the previous version.
+    """
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,
+        kernel_sha256 TEXT NOT NULL,
+        initrd_sha256 TEXT NOT NULL,
+        hypervisor_sha256 TEXT,
+        size INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE profile_versions (
+        role TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        image TEXT REFERENCES images (name),
+        bios_program TEXT NOT NULL,
+        cmdline TEXT NOT NULL,
+        hypervisor_args TEXT NOT NULL,
+        active INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (role, version)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX one_active_profile ON profile_versions (role) WHERE active;
+    """,
 )
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from cloudctl.inventory import NAME_PREFIX, AddressPool, NodeState, Role
+from cloudctl.state.audit import record as record_audit
 from cloudctl.state.errors import Conflict, NotFound, StateError
 from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 from cloudctl.state.schema import migrate
+from cloudctl.state.sqlite_boot import BootRecords
 from cloudctl.state.store import Change, NodeRequest, StateStore
 from cloudctl.state.writer import GroupCommitWriter, WriteOp
 
@@ -75,15 +77,6 @@ def _job(row: tuple) -> Job:
         created_at=row[8],
         started_at=row[9],
         finished_at=row[10],
-    )
-
-
-def _audit(
-    conn: sqlite3.Connection, change: Change, action: str, target: str, **detail: Any
-) -> None:
-    conn.execute(
-        "INSERT INTO audit (at, actor, action, target, reason, detail) VALUES (?, ?, ?, ?, ?, ?)",
-        (time.time(), change.actor, action, target, change.reason, json.dumps(detail)),
     )
 
 
@@ -143,7 +136,7 @@ def _next_ip(conn: sqlite3.Connection, pool: AddressPool) -> int:
     raise Conflict(f"no free address left in {pool.subnet} outside the dynamic range")
 
 
-class SqliteStore(StateStore):
+class SqliteStore(BootRecords, StateStore):
     def __init__(self, path: Path, *, max_batch: int = 1024) -> None:
         self.path = Path(path)
         self._max_batch = max_batch
@@ -225,7 +218,7 @@ class SqliteStore(StateStore):
                 (name, request.mac, request.role.value, ip, now, now),
             )
             node = _node(_node_row(conn, name))
-            _audit(
+            record_audit(
                 conn,
                 change,
                 "node.add",
@@ -243,7 +236,7 @@ class SqliteStore(StateStore):
             node = _node(_node_row(conn, name))
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
             conn.execute("DELETE FROM leases WHERE mac = ?", (node.mac,))
-            _audit(conn, change, "node.remove", name, mac=node.mac, ip=str(node.ip))
+            record_audit(conn, change, "node.remove", name, mac=node.mac, ip=str(node.ip))
             return node
 
         return await self._write(op)
@@ -265,7 +258,7 @@ class SqliteStore(StateStore):
                     "state_before_drain = NULL, updated_at = ? WHERE name = ?",
                     (time.time(), name),
                 )
-            _audit(conn, change, "node.drain" if drained else "node.undrain", name)
+            record_audit(conn, change, "node.drain" if drained else "node.undrain", name)
             return _node(_node_row(conn, name))
 
         return await self._write(op)
@@ -286,7 +279,7 @@ class SqliteStore(StateStore):
                 (name, request.role.value, ip, time.time(), mac),
             )
             node = _node(_node_row(conn, name))
-            _audit(
+            record_audit(
                 conn, change, "node.accept", name, mac=mac, role=request.role.value, ip=str(node.ip)
             )
             return node
@@ -307,7 +300,7 @@ class SqliteStore(StateStore):
                 "VALUES (?, ?, 'discovered', ?, ?)",
                 (name, mac, now, now),
             )
-            _audit(
+            record_audit(
                 conn,
                 Change("dhcp", "unknown MAC asked for an address"),
                 "node.discover",
@@ -427,7 +420,9 @@ class SqliteStore(StateStore):
                 "VALUES (?, 'queued', ?, ?, ?, ?)",
                 (kind, json.dumps(params), change.actor, change.reason, time.time()),
             )
-            _audit(conn, change, "job.create", f"job/{cur.lastrowid}", kind=kind, params=params)
+            record_audit(
+                conn, change, "job.create", f"job/{cur.lastrowid}", kind=kind, params=params
+            )
             return _job(
                 conn.execute(
                     f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (cur.lastrowid,)

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudctl.inventory import AddressPool, NodeState, Role
-from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
+from cloudctl.state.models import (
+    AuditEntry,
+    Image,
+    Job,
+    JobState,
+    Lease,
+    Node,
+    Profile,
+    ProgressLine,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +116,40 @@ class StateStore(ABC):
 
     @abstractmethod
     def list_leases(self) -> list[Lease]: ...
+
+    # boot images and profiles
+    @abstractmethod
+    async def add_image(self, image: Image, change: Change) -> Image: ...
+
+    @abstractmethod
+    async def remove_image(self, name: str, change: Change) -> Image: ...
+
+    @abstractmethod
+    def get_image(self, name: str) -> Image | None: ...
+
+    @abstractmethod
+    def list_images(self) -> list[Image]: ...
+
+    @abstractmethod
+    async def set_profile(
+        self,
+        role: str,
+        *,
+        image: str | None,
+        bios_program: str,
+        cmdline: str,
+        hypervisor_args: str,
+        change: Change,
+    ) -> Profile: ...
+
+    @abstractmethod
+    async def rollback_profile(self, role: str, change: Change) -> Profile: ...
+
+    @abstractmethod
+    def get_profile(self, role: str) -> Profile | None: ...
+
+    @abstractmethod
+    def profile_history(self, role: str) -> list[Profile]: ...
 
     # audit
     @abstractmethod

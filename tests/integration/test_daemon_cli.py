@@ -178,7 +178,7 @@ def test_daemon_not_running_is_one_line(short_tmp):
 def test_openapi_document_lists_every_route(daemon):
     import json
 
-    from cloudctl.api.routes import ROUTES
+    from cloudctl.api.table import ROUTES
     from cloudctl.cli.client import ApiClient
 
     doc = ApiClient(str(daemon.socket)).request("GET", "/openapi.json")
