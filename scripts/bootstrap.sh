@@ -8,11 +8,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-# Debian packages: the Python toolchain for every job; the tests add the real peers they
+# Debian packages: the Python toolchain and the boot programs cloudctld serves (pxelinux,
+# syslinux-common, ipxe) for every job; the tests add the real peers they
 # talk to (scripts/test-packages.txt: qemu, udhcpc, dhclient, perfdhcp, dig, ...).
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc pkg-config
     iproute2 curl procps
+    pxelinux syslinux-common ipxe
 )
 
 package_list() {
