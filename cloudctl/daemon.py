@@ -16,6 +16,7 @@ from pathlib import Path
 from cloudctl import __version__
 from cloudctl.api.base import App
 from cloudctl.api.server import ApiServer, ApiStartError
+from cloudctl.api.storage import StorageCoordinator
 from cloudctl.config import Config, ConfigError, default_config_path, load_config
 from cloudctl.dns.inventory import InventoryZone
 from cloudctl.dns.server import DnsServer
@@ -43,8 +44,10 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await store.open()
     except StateError as exc:
         raise StartupError(str(exc)) from None
-    runner = JobRunner(store, [TEST_JOB])
+    coordinator = StorageCoordinator(store)
+    runner = JobRunner(store, [TEST_JOB, coordinator.job_kind()])
     app = App(config, store, runner)
+    app.storage = coordinator
     api = ApiServer(app, config.api)
     services: list = []
     catalog = BootCatalog(store, config)

@@ -123,3 +123,20 @@ class AddressPool:
                 if value not in skip:
                     yield value
                 value += 1
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SIZE_ALIGN = 1 << 20  # volumes are whole MiB: sector- and page-aligned for every initiator
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '10GiB', '1048576' -> bytes (binary units), rounded up to whole MiB."""
+    found = _SIZE_RE.match(str(text))
+    if not found:
+        raise InventoryError(f"invalid size {text!r}: use a number with K, M, G or T, like 4G")
+    unit = (found.group(2) or "").upper().rstrip("B").rstrip("I")
+    size = int(found.group(1)) * _UNITS[unit]
+    if size <= 0:
+        raise InventoryError(f"invalid size {text!r}: must be more than zero")
+    return -(-size // SIZE_ALIGN) * SIZE_ALIGN

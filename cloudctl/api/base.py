@@ -65,7 +65,12 @@ class Route:
     pattern: re.Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", self.template)
+        # {name} matches one path segment; {verb:start|finish} only the listed words.
+        regex = re.sub(
+            r"\{(\w+)(?::([^}]+))?\}",
+            lambda m: f"(?P<{m[1]}>{m[2] or '[^/]+'})",
+            self.template,
+        )
         object.__setattr__(self, "pattern", re.compile(f"^{regex}$"))
 
 
@@ -79,6 +84,7 @@ class App:
         self.pool = AddressPool.from_network(config.network)
         # Protocol servers register their packet counters here, by service name.
         self.counters: dict[str, Any] = {}
+        self.storage: Any = None  # the StorageCoordinator, set by the daemon
 
     def find_node(self, key: str) -> Node:
         node = self.store.get_node(key)

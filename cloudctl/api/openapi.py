@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cloudctl import __version__
@@ -56,6 +57,18 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "number"},
         },
     },
+    "Volume": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "size": {"type": "integer"},
+            "origin": {"type": ["string", "null"]},
+            "mirrored": {"type": "boolean"},
+            "legs": {"type": "array", "items": {"type": "object"}},
+            "assigned": {"type": "array", "items": {"type": "string"}},
+            "created_at": {"type": "number"},
+        },
+    },
     "Profile": {
         "type": "object",
         "properties": {
@@ -92,8 +105,17 @@ _ERROR = {
 def build_openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for route in ROUTES:
+        choices = dict(re.findall(r"\{(\w+):([^}]+)\}", route.template))
         parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    **({"enum": choices[name].split("|")} if name in choices else {}),
+                },
+            }
             for name in route.pattern.groupindex
         ] + [
             {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
@@ -117,7 +139,8 @@ def build_openapi() -> dict[str, Any]:
                 "required": route.method == "POST" and bool(route.request_schema.get("required")),
                 "content": {"application/json": {"schema": route.request_schema}},
             }
-        paths.setdefault(route.template, {})[route.method.lower()] = operation
+        template = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.template)
+        paths.setdefault(template, {})[route.method.lower()] = operation
     paths["/openapi.json"] = {
         "get": {
             "summary": "This document",

@@ -176,3 +176,73 @@ class Profile:
             "active": self.active,
             "created_at": self.created_at,
         }
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One side of a volume: a file on a storage node, exported by AoE as eSHELF.SLOT."""
+
+    snode: str
+    shelf: int
+    slot: int
+    state: str  # active | failed | resyncing
+
+    @property
+    def device(self) -> str:
+        return f"e{self.shelf}.{self.slot}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "snode": self.snode,
+            "shelf": self.shelf,
+            "slot": self.slot,
+            "device": self.device,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    size: int
+    origin: str | None
+    legs: tuple[Leg, ...]
+    assigned: tuple[str, ...]
+    created_at: float
+
+    @property
+    def mirrored(self) -> bool:
+        return len(self.legs) == 2
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "origin": self.origin,
+            "mirrored": self.mirrored,
+            "legs": [leg.to_json() for leg in self.legs],
+            "assigned": list(self.assigned),
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """What a storage node must export: its leg of a volume and who may use it."""
+
+    volume: str
+    shelf: int
+    slot: int
+    size: int
+    origin: str | None
+    allowed_macs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "volume": self.volume,
+            "shelf": self.shelf,
+            "slot": self.slot,
+            "size": self.size,
+            "origin": self.origin,
+            "allowed_macs": list(self.allowed_macs),
+        }

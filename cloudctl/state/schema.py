@@ -102,6 +102,41 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE UNIQUE INDEX one_active_profile ON profile_versions (role) WHERE active;
     """,
+    # 4: volumes, their legs on storage nodes (each an AoE export shelf.slot), which nodes may
+    # use them (the exports' MAC access lists), and storage nodes in maintenance.
+    """
+    CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        origin TEXT,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE shelves (
+        shelf INTEGER PRIMARY KEY,
+        snode TEXT NOT NULL
+    );
+    CREATE INDEX shelves_by_snode ON shelves (snode);
+    CREATE TABLE volume_legs (
+        volume TEXT NOT NULL REFERENCES volumes (name) ON DELETE CASCADE,
+        snode TEXT NOT NULL,
+        shelf INTEGER NOT NULL,
+        slot INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'failed', 'resyncing')),
+        PRIMARY KEY (volume, snode),
+        UNIQUE (shelf, slot)
+    ) WITHOUT ROWID;
+    CREATE INDEX legs_by_snode ON volume_legs (snode);
+    CREATE TABLE volume_assignments (
+        volume TEXT NOT NULL REFERENCES volumes (name) ON DELETE CASCADE,
+        node TEXT NOT NULL,
+        PRIMARY KEY (volume, node)
+    ) WITHOUT ROWID;
+    CREATE INDEX assignments_by_node ON volume_assignments (node);
+    CREATE TABLE storage_maintenance (
+        snode TEXT PRIMARY KEY,
+        started_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 
 

@@ -22,6 +22,7 @@ from cloudctl.state.errors import Conflict, NotFound, StateError
 from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 from cloudctl.state.schema import migrate
 from cloudctl.state.sqlite_boot import BootRecords
+from cloudctl.state.sqlite_storage import StorageRecords
 from cloudctl.state.store import Change, NodeRequest, StateStore
 from cloudctl.state.writer import GroupCommitWriter, WriteOp
 
@@ -136,7 +137,7 @@ def _next_ip(conn: sqlite3.Connection, pool: AddressPool) -> int:
     raise Conflict(f"no free address left in {pool.subnet} outside the dynamic range")
 
 
-class SqliteStore(BootRecords, StateStore):
+class SqliteStore(BootRecords, StorageRecords, StateStore):
     def __init__(self, path: Path, *, max_batch: int = 1024) -> None:
         self.path = Path(path)
         self._max_batch = max_batch
@@ -193,9 +194,12 @@ class SqliteStore(BootRecords, StateStore):
 
     # reads
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._reader_conn().execute(sql, args).fetchall()
+
+    def _reader_conn(self) -> sqlite3.Connection:
         if self._reader is None:
             raise StateError("the state store is not open")
-        return self._reader.execute(sql, args).fetchall()
+        return self._reader
 
     # nodes
     async def add_node(self, request: NodeRequest, pool: AddressPool, change: Change) -> Node:
@@ -234,6 +238,19 @@ class SqliteStore(BootRecords, StateStore):
     async def remove_node(self, name: str, change: Change) -> Node:
         def op(conn: sqlite3.Connection) -> Node:
             node = _node(_node_row(conn, name))
+            legs = conn.execute(
+                "SELECT count(*) FROM volume_legs WHERE snode = ?", (name,)
+            ).fetchone()[0]
+            if legs:
+                raise Conflict(f"storage node {name} holds {legs} volume legs: move or delete them")
+            used = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT volume FROM volume_assignments WHERE node = ? ORDER BY volume", (name,)
+                )
+            ]
+            if used:
+                raise Conflict(f"node {name} is assigned volumes {', '.join(used)}: unassign first")
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
             conn.execute("DELETE FROM leases WHERE mac = ?", (node.mac,))
             record_audit(conn, change, "node.remove", name, mac=node.mac, ip=str(node.ip))

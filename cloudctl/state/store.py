@@ -15,6 +15,7 @@ from typing import Any
 from cloudctl.inventory import AddressPool, NodeState, Role
 from cloudctl.state.models import (
     AuditEntry,
+    ExportRecord,
     Image,
     Job,
     JobState,
@@ -22,6 +23,7 @@ from cloudctl.state.models import (
     Node,
     Profile,
     ProgressLine,
+    Volume,
 )
 
 
@@ -150,6 +152,42 @@ class StateStore(ABC):
 
     @abstractmethod
     def profile_history(self, role: str) -> list[Profile]: ...
+
+    # volumes and storage maintenance
+    @abstractmethod
+    async def create_volume(
+        self, name: str, size: int, snodes: list[str], origin: str | None, change: Change
+    ) -> Volume: ...
+
+    @abstractmethod
+    async def remove_volume(self, name: str, change: Change) -> Volume: ...
+
+    @abstractmethod
+    async def resize_volume(self, name: str, size: int, change: Change) -> Volume: ...
+
+    @abstractmethod
+    async def assign_volume(self, name: str, node: str, assign: bool, change: Change) -> Volume: ...
+
+    @abstractmethod
+    def get_volume(self, name: str) -> Volume | None: ...
+
+    @abstractmethod
+    def list_volumes(self) -> list[Volume]: ...
+
+    @abstractmethod
+    def exports_for(self, snode: str) -> list[ExportRecord]: ...
+
+    @abstractmethod
+    async def start_storage_maintenance(self, snode: str, change: Change) -> list[str]: ...
+
+    @abstractmethod
+    async def finish_storage_maintenance(self, snode: str, change: Change) -> list[str]: ...
+
+    @abstractmethod
+    async def set_leg_state(self, volume: str, snode: str, state: str) -> None: ...
+
+    @abstractmethod
+    def storage_in_maintenance(self) -> list[str]: ...
 
     # audit
     @abstractmethod

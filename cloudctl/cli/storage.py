@@ -1,0 +1,76 @@
+"""`cloudctl storage ...`: status of volumes and mirrors, and storage-node maintenance."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cloudctl.cli.client import ApiClient
+from cloudctl.cli.job import watch_job
+from cloudctl.cli.output import format_time, print_json, print_table
+
+
+def register(nouns: argparse._SubParsersAction) -> None:
+    parser = nouns.add_parser("storage", help="storage nodes: status and maintenance")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    status = verbs.add_parser("status", help="every volume's legs and mirror state")
+    status.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    status.set_defaults(run=_status)
+
+    maintenance = verbs.add_parser("maintenance", help="take a storage node out of service")
+    actions = maintenance.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for action, helptext in (
+        (
+            "start",
+            "fail its legs and stop its exports (refused if a volume would lose its last "
+            "healthy leg)",
+        ),
+        ("finish", "export its legs again; the mirrors resync"),
+    ):
+        sub = actions.add_parser(action, help=helptext)
+        sub.add_argument("snode")
+        sub.add_argument("--reason", help="why; recorded in the audit log")
+        sub.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for the node's storage agent (default 60)",
+        )
+        sub.add_argument("--no-wait", action="store_true", help="print the job id and return")
+        sub.set_defaults(run=_maintenance)
+
+
+def _status(args: argparse.Namespace, client: ApiClient) -> int:
+    status = client.request("GET", "/v1/storage")
+    if args.output == "json":
+        print_json(status)
+        return 0
+    rows = []
+    for volume in status["volumes"]:
+        states = [leg["state"] for leg in volume["legs"]]
+        health = (
+            "clean"
+            if all(s == "active" for s in states)
+            else ("resyncing" if "resyncing" in states else "degraded")
+        )
+        legs = " ".join(f"{leg['device']}@{leg['snode']}:{leg['state']}" for leg in volume["legs"])
+        rows.append((volume["name"], volume["size"], health, legs))
+    print_table(("VOLUME", "SIZE", "MIRROR", "LEGS"), rows)
+    if status["in_maintenance"]:
+        print(f"in maintenance: {', '.join(status['in_maintenance'])}")
+    for snode, agent in sorted(status["agents"].items()):
+        print(
+            f"agent {snode}: {len(agent['exports'])} exports, "
+            f"reported {format_time(agent['reported_at'])}"
+        )
+    return 0
+
+
+def _maintenance(args: argparse.Namespace, client: ApiClient) -> int:
+    body: dict = {"timeout": args.timeout}
+    if args.reason:
+        body["reason"] = args.reason
+    job = client.request("POST", f"/v1/storage/{args.snode}/maintenance/{args.action}", body)
+    sys.stdout.write(f"job {job['id']} {job['state']}\n")
+    return 0 if args.no_wait else watch_job(client, job["id"])
