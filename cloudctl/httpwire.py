@@ -6,6 +6,7 @@ well-behaved clients (curl, iPXE, Python's http.client) send and refuses the res
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -14,6 +15,11 @@ MAX_HEAD_BYTES = 16 * 1024
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
+
+
+_DECIMAL = re.compile(r"[0-9]+")
+# A byte position with more digits than this is past the end of any file we could serve.
+_MAX_POSITION_DIGITS = 19
 
 
 class HttpError(Exception):
@@ -112,3 +118,47 @@ def render_response(
     all_headers = {"Content-Type": content_type, **(headers or {})}
     head = render_head(status, all_headers, content_length=len(body), keep_alive=keep_alive)
     return head + body
+
+
+def parse_byte_range(value: str, size: int) -> tuple[int, int] | None:
+    """The single byte range a `Range` header value asks of a `size`-byte body: (start, stop).
+
+    None means "send the whole body with 200", which RFC 9110 14.2 allows for every Range we do
+    not serve as one range: another unit, a malformed value, several ranges. A range wholly past
+    the end raises HttpError(416); the caller then sends `Content-Range: bytes */size`.
+    """
+    unit, sep, spec = value.partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    if not sep:
+        return None
+    if not first:  # a suffix: the last n bytes
+        count = _position(last)
+        if count is None:
+            return None
+        if count == 0:
+            raise HttpError(416, "a suffix range of zero bytes selects nothing")
+        if size == 0:
+            return None  # RFC 9110 14.1.1: satisfiable, but there is nothing to put in a 206
+        return max(0, size - count), size
+    start = _position(first)
+    if start is None:
+        return None
+    stop = size
+    if last:
+        end = _position(last)
+        if end is None or end < start:
+            return None
+        stop = min(end + 1, size)
+    if start >= size:
+        raise HttpError(416, f"range starts at byte {start}, past the end of {size} bytes")
+    return start, stop
+
+
+def _position(text: str) -> int | None:
+    if not _DECIMAL.fullmatch(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    # int() of thousands of digits is slow and refused past 4300; the value only needs to be big.
+    return 1 << 64 if len(digits) > _MAX_POSITION_DIGITS else int(digits)

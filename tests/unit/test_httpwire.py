@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudctl.httpwire import HttpError, parse_request_head, render_response
+from cloudctl.httpwire import HttpError, parse_byte_range, parse_request_head, render_response
 
 
 def test_parse_request_with_query_and_headers():
@@ -53,3 +53,49 @@ def test_render_response():
         b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
         b"Connection: close\r\n\r\n{}"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "size", "expected"),
+    [
+        ("bytes=0-99", 1000, (0, 100)),
+        ("bytes=100-", 1000, (100, 1000)),
+        ("bytes=-100", 1000, (900, 1000)),
+        ("bytes=-5000", 1000, (0, 1000)),  # a suffix longer than the body: all of it
+        ("bytes=990-5000", 1000, (990, 1000)),  # last-pos past the end: clamped
+        ("bytes=999-999", 1000, (999, 1000)),
+        ("Bytes=0-0", 1000, (0, 1)),  # the unit is case-insensitive
+        ("bytes= 5-9 ", 1000, (5, 10)),
+        ("bytes=0007-0009", 1000, (7, 10)),
+        ("bytes=0-" + "9" * 5000, 1000, (0, 1000)),  # beyond int()'s digit limit: still clamped
+        ("bytes=0-9,20-29", 1000, None),  # several ranges: the caller sends the whole body
+        ("bytes=9-0", 1000, None),  # invalid: ignored
+        ("bytes=-", 1000, None),
+        ("bytes=", 1000, None),
+        ("bytes=a-b", 1000, None),
+        ("bytes=+1-2", 1000, None),
+        ("bytes=1-\u00b2", 1000, None),  # a Unicode digit int() would take, RFC 9110 would not
+        ("bytes 0-9", 1000, None),
+        ("items=0-9", 1000, None),
+        ("bytes=-5", 0, None),  # satisfiable on an empty body, but there is nothing to send
+    ],
+)
+def test_parse_byte_range(value, size, expected):
+    assert parse_byte_range(value, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("bytes=1000-", 1000),
+        ("bytes=1000-2000", 1000),
+        ("bytes=" + "9" * 5000 + "-", 1000),
+        ("bytes=-0", 1000),
+        ("bytes=0-", 0),
+        ("bytes=0-0", 0),
+    ],
+)
+def test_unsatisfiable_byte_range(value, size):
+    with pytest.raises(HttpError) as info:
+        parse_byte_range(value, size)
+    assert info.value.status == 416
