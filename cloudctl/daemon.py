@@ -22,9 +22,11 @@ from cloudctl.dns.inventory import InventoryZone
 from cloudctl.dns.server import DnsServer
 from cloudctl.dns.zone import DnsError, ZoneSettings
 from cloudctl.jobs import TEST_JOB, JobRunner
+from cloudctl.pxe.bootfiles import PACKAGED_FILES, BootFiles
 from cloudctl.pxe.catalog import BootCatalog
 from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings
 from cloudctl.pxe.dhcp.server import DhcpServer, DhcpStartError
+from cloudctl.pxe.http import HttpBootError, HttpBootServer
 from cloudctl.state import StateError
 from cloudctl.state.sqlite import SqliteStore
 
@@ -56,6 +58,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         dhcp = DhcpServer(DhcpPolicy(settings, store), store, config.network.interface)
         services.append(dhcp)
         app.counters["dhcp"] = dhcp.counters
+    if config.boot.enabled:
+        files = BootFiles(
+            roots=(config.boot.tftp_root,),
+            render=catalog.render,
+            packaged=PACKAGED_FILES,
+            mounts=(("images/", config.boot.image_dir),),
+        )
+        http = HttpBootServer(
+            files,
+            host=str(config.network.server),
+            port=config.boot.http_port,
+            mac_lookup=catalog.mac_of,
+        )
+        services.append(http)
+        app.counters["http"] = http.counters
     if config.dns.enabled:
         listen = [(str(address), config.dns.port) for address in config.dns.listen]
         try:
@@ -71,7 +88,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             for service in services:
                 await service.start()
             await api.start()
-        except (ApiStartError, StateError, DhcpStartError, DnsError) as exc:
+        except (ApiStartError, StateError, DhcpStartError, DnsError, HttpBootError) as exc:
             raise StartupError(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

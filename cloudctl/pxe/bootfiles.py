@@ -71,6 +71,10 @@ class DiskFile:
     def read(self, offset: int, length: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
+    def fileno(self) -> int:
+        """The open descriptor, for sendfile: no second open, no window for a swapped file."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -68,6 +68,18 @@ class BootCatalog:
             return pxelinux_config(self._target(mac or "00:00:00:00:00:00")).encode()
         return None
 
+    def mac_of(self, client_ip: str) -> str | None:
+        """Who is asking, by address: a registered node, else whoever holds the lease."""
+        try:
+            address = ipaddress.IPv4Address(client_ip)
+        except ValueError:
+            return None
+        node = self.store.node_by_ip(address)
+        if node is not None:
+            return node.mac
+        lease = self.store.lease_by_ip(address)
+        return lease.mac if lease is not None else None
+
     @staticmethod
     def _mac(text: str) -> str | None:
         try:
