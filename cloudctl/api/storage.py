@@ -50,7 +50,9 @@ class StorageCoordinator:
                 return False
 
     def wanted(self, snode: str) -> frozenset[str]:
-        return frozenset(f"e{e.shelf}.{e.slot}" for e in self.store.exports_for(snode))
+        return frozenset(
+            f"e{e.shelf}.{e.slot}" for e in self.store.exports_for(snode) if e.exported
+        )
 
     async def _maintenance_job(self, ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         snode, entering = params["snode"], params["entering"]

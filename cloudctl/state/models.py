@@ -228,7 +228,7 @@ class Volume:
 
 @dataclass(frozen=True)
 class ExportRecord:
-    """What a storage node must export: its leg of a volume and who may use it."""
+    """A storage node's leg of a volume: keep its file; export it only when `exported`."""
 
     volume: str
     shelf: int
@@ -236,6 +236,7 @@ class ExportRecord:
     size: int
     origin: str | None
     allowed_macs: tuple[str, ...]
+    exported: bool
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -245,4 +246,5 @@ class ExportRecord:
             "size": self.size,
             "origin": self.origin,
             "allowed_macs": list(self.allowed_macs),
+            "exported": self.exported,
         }

@@ -180,13 +180,12 @@ class StorageRecords:
         return [_volume(conn, name) for name in names]
 
     def exports_for(self, snode: str) -> list[ExportRecord]:
-        """The legs `snode` must export now (none while it is in maintenance), with their ACLs."""
-        if self._read("SELECT 1 FROM storage_maintenance WHERE snode = ?", (snode,)):
-            return []
+        """Every leg on `snode`, with its ACL; `exported` is false for failed legs and while
+        the node is in maintenance (its files stay: the data comes back after maintenance)."""
+        resting = bool(self._read("SELECT 1 FROM storage_maintenance WHERE snode = ?", (snode,)))
         rows = self._read(
-            "SELECT l.volume, l.shelf, l.slot, v.size, v.origin FROM volume_legs l "
-            "JOIN volumes v ON v.name = l.volume WHERE l.snode = ? AND l.state != 'failed' "
-            "ORDER BY l.shelf, l.slot",
+            "SELECT l.volume, l.shelf, l.slot, v.size, v.origin, l.state FROM volume_legs l "
+            "JOIN volumes v ON v.name = l.volume WHERE l.snode = ? ORDER BY l.shelf, l.slot",
             (snode,),
         )
         macs: dict[str, list[str]] = {}
@@ -197,8 +196,16 @@ class StorageRecords:
         ):
             macs.setdefault(volume, []).append(mac)
         return [
-            ExportRecord(v, shelf, slot, size, origin, tuple(macs.get(v, ())))
-            for v, shelf, slot, size, origin in rows
+            ExportRecord(
+                v,
+                shelf,
+                slot,
+                size,
+                origin,
+                tuple(macs.get(v, ())),
+                exported=not resting and state != "failed",
+            )
+            for v, shelf, slot, size, origin, state in rows
         ]
 
     # storage maintenance

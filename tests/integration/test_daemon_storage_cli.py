@@ -32,10 +32,9 @@ def test_volumes_get_unique_exports_and_acls(daemon):
     assert c["legs"][0]["device"] == "e1.1"  # sn1's shelf, next slot
     daemon.cli("volume", "assign", "root-hn1", "hn1", "--reason", "boot disk")
     exports = daemon.api("GET", "/v1/storage/sn1/exports")["exports"]
-    assert [(e["volume"], e["shelf"], e["slot"], e["allowed_macs"]) for e in exports] == [
-        ("root-hn1", 1, 0, ["52:54:00:aa:01:03"]),
-        ("scratch", 1, 1, []),
-    ]
+    assert [
+        (e["volume"], e["shelf"], e["slot"], e["allowed_macs"], e["exported"]) for e in exports
+    ] == [("root-hn1", 1, 0, ["52:54:00:aa:01:03"], True), ("scratch", 1, 1, [], True)]
     grown = daemon.cli_json("volume", "resize", "data", "--size", "2G")
     assert grown["size"] == 2 << 30
     shrink = daemon.cli("volume", "resize", "data", "--size", "1G", check=False)
@@ -57,7 +56,7 @@ def _agent(daemon, snode, stop):
     """Act as sn's storage agent: export exactly what the inventory asks, and report it."""
     while not stop.is_set():
         wanted = daemon.api("GET", f"/v1/storage/{snode}/exports")["exports"]
-        devices = [f"e{e['shelf']}.{e['slot']}" for e in wanted]
+        devices = [f"e{e['shelf']}.{e['slot']}" for e in wanted if e["exported"]]
         daemon.api("POST", f"/v1/storage/{snode}/report", {"exports": devices})
         time.sleep(0.2)
 
@@ -82,6 +81,8 @@ def test_maintenance_refuses_then_fails_legs_and_finishes(daemon):
         status = daemon.cli_json("storage", "status")
         assert status["in_maintenance"] == ["sn1"]
         assert status["agents"]["sn1"]["exports"] == []
+        legs_on_sn1 = daemon.api("GET", "/v1/storage/sn1/exports")["exports"]
+        assert [(e["volume"], e["exported"]) for e in legs_on_sn1] == [("mirrored", False)]
         legs = {leg["snode"]: leg["state"] for leg in status["volumes"][0]["legs"]}
         assert legs == {"sn1": "failed", "sn2": "active"}
         # sn2 now holds the only healthy leg: it may not go down too
