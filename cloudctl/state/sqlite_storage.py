@@ -180,8 +180,9 @@ class StorageRecords:
         return [_volume(conn, name) for name in names]
 
     def exports_for(self, snode: str) -> list[ExportRecord]:
-        """Every leg on `snode`, with its ACL; `exported` is false for failed legs and while
-        the node is in maintenance (its files stay: the data comes back after maintenance)."""
+        """Every leg on `snode`, with its ACL; `exported` is false for failed legs, while the
+        node is in maintenance (its files stay: the data comes back after maintenance), and
+        while no node is assigned the volume (an empty AoE access list would admit everyone)."""
         resting = bool(self._read("SELECT 1 FROM storage_maintenance WHERE snode = ?", (snode,)))
         rows = self._read(
             "SELECT l.volume, l.shelf, l.slot, v.size, v.origin, l.state FROM volume_legs l "
@@ -203,7 +204,7 @@ class StorageRecords:
                 size,
                 origin,
                 tuple(macs.get(v, ())),
-                exported=not resting and state != "failed",
+                exported=not resting and state != "failed" and bool(macs.get(v)),
             )
             for v, shelf, slot, size, origin, state in rows
         ]

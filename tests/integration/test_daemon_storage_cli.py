@@ -34,7 +34,7 @@ def test_volumes_get_unique_exports_and_acls(daemon):
     exports = daemon.api("GET", "/v1/storage/sn1/exports")["exports"]
     assert [
         (e["volume"], e["shelf"], e["slot"], e["allowed_macs"], e["exported"]) for e in exports
-    ] == [("root-hn1", 1, 0, ["52:54:00:aa:01:03"], True), ("scratch", 1, 1, [], True)]
+    ] == [("root-hn1", 1, 0, ["52:54:00:aa:01:03"], True), ("scratch", 1, 1, [], False)]
     grown = daemon.cli_json("volume", "resize", "data", "--size", "2G")
     assert grown["size"] == 2 << 30
     shrink = daemon.cli("volume", "resize", "data", "--size", "1G", check=False)
@@ -64,6 +64,7 @@ def _agent(daemon, snode, stop):
 def test_maintenance_refuses_then_fails_legs_and_finishes(daemon):
     _nodes(daemon)
     daemon.cli("volume", "create", "mirrored", "--size", "1G", "--mirror", "sn1,sn2")
+    daemon.cli("volume", "assign", "mirrored", "hn1")
     daemon.cli("volume", "create", "single", "--size", "1G", "--on", "sn1")
     refused = daemon.cli("storage", "maintenance", "start", "sn1", check=False)
     assert refused.returncode == 1
