@@ -27,6 +27,7 @@ from cloudctl.pxe.catalog import BootCatalog
 from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings
 from cloudctl.pxe.dhcp.server import DhcpServer, DhcpStartError
 from cloudctl.pxe.http import HttpBootError, HttpBootServer
+from cloudctl.pxe.tftp.server import TftpServer, TftpStartError
 from cloudctl.state import StateError
 from cloudctl.state.sqlite import SqliteStore
 
@@ -73,6 +74,16 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         )
         services.append(http)
         app.counters["http"] = http.counters
+        tftp = TftpServer(
+            files,
+            interface=config.network.interface,
+            port=config.boot.tftp_port,
+            max_transfers=config.boot.tftp_max_transfers,
+            max_per_client=config.boot.tftp_max_per_client,
+            max_windowsize=config.boot.tftp_max_windowsize,
+        )
+        services.append(tftp)
+        app.counters["tftp"] = tftp.counters
     if config.dns.enabled:
         listen = [(str(address), config.dns.port) for address in config.dns.listen]
         try:
@@ -88,7 +99,14 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             for service in services:
                 await service.start()
             await api.start()
-        except (ApiStartError, StateError, DhcpStartError, DnsError, HttpBootError) as exc:
+        except (
+            ApiStartError,
+            StateError,
+            DhcpStartError,
+            DnsError,
+            HttpBootError,
+            TftpStartError,
+        ) as exc:
             raise StartupError(str(exc)) from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
