@@ -80,9 +80,11 @@ class Rig:
     def client(self, *argv: str, timeout: float = 60, check: bool = True):
         return self.lab.run(self.cli, list(argv), timeout=timeout, check=check)
 
-    def tftp_hpa(self, command: str, *names: str, port: int = 69, check: bool = True):
-        """tftp-hpa in octet mode (its default, netascii, rewrites CR/LF in what it gets)."""
-        argv = ["tftp", "-m", "binary", SERVER_IP, str(port), "-c", command, *names]
+    def tftp_hpa(
+        self, command: str, *names: str, port: int = 69, check: bool = True, mode: str = "binary"
+    ):
+        """tftp-hpa in octet mode unless asked (its default, netascii, translates CR/LF)."""
+        argv = ["tftp", "-m", mode, SERVER_IP, str(port), "-c", command, *names]
         return self.client(*argv, timeout=240, check=check)
 
     def socket(self) -> socket.socket:
@@ -178,6 +180,16 @@ def test_tftp_hpa_plain_512(rig, server, name):
     # tftp-hpa sends no options: DATA of 512 bytes, one ACK each.
     out = rig.out / f"hpa-{name}"
     rig.tftp_hpa("get", name, str(out))
+    assert out.read_bytes() == rig.source(name)
+
+
+@pytest.mark.parametrize("name", ["small.bin", "text.cfg"])
+def test_tftp_hpa_netascii_mode_gets_the_file_unchanged(rig, server, name):
+    # netascii (tftp-hpa's default) goes CR/LF-translated on the wire and back at the client:
+    # a server that skipped the translation would corrupt binary files (lone LFs and CRs).
+    (rig.root / "text.cfg").write_bytes(b"DEFAULT node\nLABEL node\r\n  KERNEL k\rx\n")
+    out = rig.out / f"ascii-{name}"
+    rig.tftp_hpa("get", name, str(out), mode="ascii")
     assert out.read_bytes() == rig.source(name)
 
 

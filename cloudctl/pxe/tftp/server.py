@@ -72,6 +72,16 @@ _GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE})
 _PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 
 
+# netascii changes the length, so the translated file is held in memory: text only.
+NETASCII_LIMIT = 8 * 1024 * 1024
+NETASCII_TOO_BIG = "netascii is for text files up to 8 MiB; ask in octet (binary) mode"
+
+
+def netascii(data: bytes) -> bytes:
+    """RFC 1350/764: CR becomes CR NUL, then LF becomes CR LF (in that order)."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+
+
 class TftpStartError(Exception):
     """The TFTP listener could not be opened; the message says why and what to check."""
 
@@ -471,11 +481,29 @@ class TftpServer:
                 local_ip, addr, encode_error(ErrorCode.ACCESS_VIOLATION, "cannot open")
             )
             return
+        if request.mode == "netascii":
+            file = self._netascii(file)
+            if file is None:
+                self.counters["refused_netascii"] += 1
+                self._reply_once(
+                    local_ip, addr, encode_error(ErrorCode.NOT_DEFINED, NETASCII_TOO_BIG)
+                )
+                return
         try:
             self._start_transfer(request, file, addr, local_ip)
         except BaseException:
             file.close()
             raise
+
+    @staticmethod
+    def _netascii(file: BootFile) -> RenderedFile | None:
+        """The file as netascii, or None when it is too large to translate in memory."""
+        try:
+            if file.size > NETASCII_LIMIT:
+                return None
+            return RenderedFile(file.name, netascii(file.read(0, file.size)))
+        finally:
+            file.close()
 
     def _start_transfer(
         self, request: ReadRequest, file: BootFile, addr: tuple[str, int], local_ip: str

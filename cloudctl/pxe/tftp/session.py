@@ -22,8 +22,8 @@ datagrams are counted and ignored. Decisions the RFCs leave open:
   * Backoff doubles from the base timeout up to max(limits.max_timeout, base); after
     `limits.max_retries` unanswered retransmissions the session fails silently.
   * RRQ/WRQ/DATA/OACK on an open session is answered with ERROR 4 and ends it. "netascii" is
-    served byte for byte (our text files are LF-only; no CR/LF translation); other modes get
-    ERROR 4. Reader OSErrors and short reads end the transfer with ERROR 0.
+    served as the reader gives it (the server hands in the CR/LF-translated file); other
+    modes get ERROR 4. Reader OSErrors and short reads end the transfer with ERROR 0.
 """
 
 from __future__ import annotations
