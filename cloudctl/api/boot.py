@@ -10,7 +10,13 @@ from cloudctl.api.base import App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
 from cloudctl.pxe.catalog import ROLES, default_profile
 from cloudctl.pxe.images import ImageError, import_files, remove_files
-from cloudctl.pxe.render import BIOS_PROGRAMS, RenderError, check_template
+from cloudctl.pxe.render import (
+    BIOS_PROGRAMS,
+    BootTarget,
+    RenderError,
+    check_multiboot_fits,
+    check_template,
+)
 from cloudctl.state import Conflict
 
 
@@ -93,15 +99,45 @@ async def set_profile(app: App, request: Request) -> Any:
         )
     except RenderError as exc:
         raise HttpError(400, str(exc)) from None
+    chosen = image if "image" in body else current.image
+    if bios_program != "pxelinux.0" and chosen is not None:
+        image_record = app.store.get_image(chosen)
+        if image_record is not None and image_record.multiboot:
+            try:
+                check_multiboot_fits(_longest_target(app, role, chosen, cmdline, hypervisor_args))
+            except RenderError as exc:
+                raise HttpError(400, str(exc)) from None
     profile = await app.store.set_profile(
         role,
-        image=image if "image" in body else current.image,
+        image=chosen,
         bios_program=bios_program,
         cmdline=cmdline,
         hypervisor_args=hypervisor_args or "",
         change=request.change(),
     )
     return profile.to_json()
+
+
+def _longest_target(
+    app: App, role: str, image: str, cmdline: str, hypervisor_args: str
+) -> BootTarget:
+    """The node whose rendered lines would be longest: placeholders at their longest."""
+    net = app.config.network
+    return BootTarget(
+        name="n" * 63,
+        mac="aa:bb:cc:dd:ee:ff",
+        ip="255.255.255.255",
+        role=role,
+        server=str(net.server),
+        http_port=app.config.boot.http_port,
+        domain=net.domain,
+        gateway=str(net.gateway),
+        netmask=str(net.subnet.netmask),
+        image=image,
+        multiboot=True,
+        cmdline=cmdline,
+        hypervisor_args=hypervisor_args,
+    )
 
 
 async def rollback_profile(app: App, request: Request) -> Any:

@@ -11,6 +11,9 @@ import string
 from dataclasses import dataclass
 
 PLACEHOLDERS = ("name", "mac", "ip", "server", "domain", "gateway", "netmask", "role")
+# iPXE packs every multiboot command line (each "URL args\0") into one 512-byte buffer and
+# silently cuts what does not fit (MB_MAX_CMDLINE in its multiboot.c).
+IPXE_MULTIBOOT_CMDLINE_BYTES = 512
 DEFAULT_BIOS_PROGRAM = "undionly.kpxe"
 BIOS_PROGRAMS = ("undionly.kpxe", "pxelinux.0")
 DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200"
@@ -65,6 +68,29 @@ class BootTarget:
         return f"http://{self.server}:{self.http_port}"
 
 
+def multiboot_cmdline_bytes(target: BootTarget) -> int:
+    """Bytes iPXE's multiboot loader needs for the hypervisor's and modules' command lines."""
+    base = target.http_base
+    lines = [
+        f"{base}/{target.image_path('hypervisor')} {target.fill(target.hypervisor_args)}",
+        f"{base}/{target.image_path('kernel')} {target.fill(target.cmdline)}",
+        f"{base}/{target.image_path('initrd')}",
+    ]
+    return sum(len(line.encode()) + 1 for line in lines)
+
+
+def check_multiboot_fits(target: BootTarget) -> None:
+    """Refuse a Xen profile whose command lines iPXE would cut short without a word."""
+    needed = multiboot_cmdline_bytes(target)
+    if needed > IPXE_MULTIBOOT_CMDLINE_BYTES:
+        raise RenderError(
+            f"the Xen and dom0 command lines need {needed} bytes with their URLs, but iPXE "
+            f"passes at most {IPXE_MULTIBOOT_CMDLINE_BYTES} to a multiboot kernel and would "
+            "cut the rest: shorten --cmdline/--hypervisor-args, or boot this role with "
+            "--bios-program pxelinux.0 (mboot.c32 has no such limit)"
+        )
+
+
 def ipxe_script(target: BootTarget) -> str:
     """The iPXE script: kernel + initrd over HTTP, or Xen with dom0 kernel and initrd as modules."""
     if target.image is None:
@@ -77,6 +103,10 @@ def ipxe_script(target: BootTarget) -> str:
         )
     base, cmdline = target.http_base, target.fill(target.cmdline)
     if target.multiboot:
+        try:
+            check_multiboot_fits(target)
+        except RenderError as exc:
+            return f"#!ipxe\necho cloudctl: {exc}\nsleep 30\nexit 1\n"
         hypervisor_args = target.fill(target.hypervisor_args)
         return (
             "#!ipxe\n"

@@ -98,3 +98,39 @@ def test_bad_boot_input_is_one_line(daemon, tmp_path):
         assert result.returncode == 1, args
         assert result.stderr == f"cloudctl: error: {message}\n"
     assert daemon.cli_json("image", "list") == []
+
+
+def test_xen_profile_too_long_for_ipxe_is_refused(daemon, tmp_path):
+    files = {}
+    for part in ("k", "i", "x"):
+        files[part] = tmp_path / part
+        files[part].write_bytes(part.encode() * 100)
+    daemon.cli(
+        "image",
+        "import",
+        "xen",
+        "--kernel",
+        str(files["k"]),
+        "--initrd",
+        str(files["i"]),
+        "--hypervisor",
+        str(files["x"]),
+    )
+    long = "console=hvc0 " + "x" * 400
+    refused = daemon.cli(
+        "profile", "set", "hnode", "--image", "xen", "--cmdline", long, check=False
+    )
+    assert refused.returncode == 1
+    assert "but iPXE passes at most 512 to a multiboot kernel" in refused.stderr
+    accepted = daemon.cli_json(
+        "profile",
+        "set",
+        "hnode",
+        "--image",
+        "xen",
+        "--cmdline",
+        long,
+        "--bios-program",
+        "pxelinux.0",
+    )
+    assert accepted["bios_program"] == "pxelinux.0"

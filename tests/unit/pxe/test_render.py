@@ -89,3 +89,16 @@ def test_bad_templates(text, message):
 def test_literal_braces_survive():
     assert check_template("a={{b}} {name}", "cmdline") == "a={{b}} {name}"
     assert TARGET.fill("a={{b}} {name}") == "a={b} hn1"
+
+
+def test_multiboot_lines_over_ipxes_buffer_are_refused_not_cut():
+    from cloudctl.pxe.render import multiboot_cmdline_bytes
+
+    xen = dataclasses.replace(TARGET, multiboot=True)
+    assert multiboot_cmdline_bytes(xen) < 512
+    long = dataclasses.replace(xen, cmdline="console=hvc0 " + "x" * 400)
+    assert multiboot_cmdline_bytes(long) > 512
+    script = ipxe_script(long)
+    assert script.startswith("#!ipxe\necho cloudctl: the Xen and dom0 command lines need ")
+    assert "module" not in script  # never a silently truncated boot
+    assert "KERNEL mboot.c32" in pxelinux_config(long)  # mboot.c32 has no such limit
