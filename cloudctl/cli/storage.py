@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
+from pathlib import Path
 
 from cloudctl.cli.client import ApiClient
 from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import format_time, print_json, print_table
+from cloudctl.config import default_config_path, load_config
 
 
 def register(nouns: argparse._SubParsersAction) -> None:
@@ -17,6 +21,27 @@ def register(nouns: argparse._SubParsersAction) -> None:
     status = verbs.add_parser("status", help="every volume's legs and mirror state")
     status.add_argument("-o", "--output", choices=("text", "json"), default="text")
     status.set_defaults(run=_status)
+
+    serve = verbs.add_parser("serve", help="run this storage node: export its volumes over AoE")
+    serve.add_argument("--node", required=True, help="this storage node's name in the inventory")
+    serve.add_argument(
+        "--interface",
+        action="append",
+        required=True,
+        help="serve AoE on this interface (repeat for several)",
+    )
+    serve.add_argument(
+        "--volume-dir",
+        type=Path,
+        help="where volume files live (default: storage.volume_dir of the config)",
+    )
+    serve.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between pulls of the node's legs from cloudctld",
+    )
+    serve.set_defaults(run=_serve)
 
     maintenance = verbs.add_parser("maintenance", help="take a storage node out of service")
     actions = maintenance.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -39,6 +64,21 @@ def register(nouns: argparse._SubParsersAction) -> None:
         )
         sub.add_argument("--no-wait", action="store_true", help="print the job id and return")
         sub.set_defaults(run=_maintenance)
+
+
+def _serve(args: argparse.Namespace, client: ApiClient) -> int:
+    from cloudctl.aoe.serve import serve  # only storage nodes need the AoE target
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    volume_dir = args.volume_dir
+    if volume_dir is None:
+        volume_dir = load_config(args.config or default_config_path()).storage.volume_dir
+    asyncio.run(serve(client, args.node, args.interface, volume_dir, args.interval))
+    return 0
 
 
 def _status(args: argparse.Namespace, client: ApiClient) -> int:

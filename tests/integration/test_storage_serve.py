@@ -1,0 +1,98 @@
+"""`cloudctl storage serve` with a real cloudctld: volumes become AoE exports for their nodes.
+
+The storage node's namespace runs the agent + target; the hardware node's namespace probes with
+`cloudctl aoe probe`. The agent reaches cloudctld's Unix socket through the shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from tests import netlab
+from tests.conftest import Daemon, write_config
+
+pytestmark = netlab.needs_root
+
+
+def _probe(lab, ns, daemon) -> dict[str, dict]:
+    argv = [
+        sys.executable,
+        "-m",
+        "cloudctl.cli.main",
+        "--config",
+        str(daemon.config),
+        "aoe",
+        "probe",
+        "hn0",
+        "--timeout",
+        "1",
+        "-o",
+        "json",
+    ]
+    return {t["target"]: t for t in json.loads(lab.run(ns, argv).stdout)}
+
+
+def _wait(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_volume_exported_to_its_node_only(short_tmp):
+    with netlab.Lab() as lab:
+        sn, hn = lab.netns("sn"), lab.netns("hn")
+        lab.veth(sn, "sn0", hn, "hn0")
+        daemon = Daemon(short_tmp, write_config(short_tmp))
+        daemon.start()
+        volume_dir = short_tmp / "sn1-volumes"
+        try:
+            hn_mac = lab.run(hn, ["cat", "/sys/class/net/hn0/address"]).stdout.strip()
+            daemon.cli(
+                "node", "add", "--mac", "52:54:00:aa:02:01", "--role", "snode", "--name", "sn1"
+            )
+            daemon.cli("node", "add", "--mac", hn_mac, "--role", "hnode", "--name", "hn1")
+            daemon.cli("volume", "create", "root-hn1", "--size", "64M", "--on", "sn1")
+            agent = lab.spawn(
+                sn,
+                [
+                    sys.executable,
+                    "-m",
+                    "cloudctl.cli.main",
+                    "--config",
+                    str(daemon.config),
+                    "storage",
+                    "serve",
+                    "--node",
+                    "sn1",
+                    "--interface",
+                    "sn0",
+                    "--volume-dir",
+                    str(volume_dir),
+                    "--interval",
+                    "0.3",
+                ],
+                lab.workdir / "agent.log",
+            )
+            _wait(lambda: "sn1" in daemon.api("GET", "/v1/storage")["agents"])
+            assert (volume_dir / "root-hn1.img").stat().st_size == 64 << 20
+            assert _probe(lab, hn, daemon) == {}  # nobody is assigned: nothing is exported
+
+            daemon.cli("volume", "assign", "root-hn1", "hn1")
+            _wait(lambda: daemon.api("GET", "/v1/storage")["agents"]["sn1"]["exports"] == ["e1.0"])
+            found = _probe(lab, hn, daemon)
+            assert list(found) == ["e1.0"]
+            assert found["e1.0"]["size_bytes"] == 64 << 20
+            assert found["e1.0"]["config_string"] == "root-hn1"
+
+            daemon.cli("volume", "unassign", "root-hn1", "hn1")
+            _wait(lambda: daemon.api("GET", "/v1/storage")["agents"]["sn1"]["exports"] == [])
+            assert _probe(lab, hn, daemon) == {}
+            assert (volume_dir / "root-hn1.img").exists()  # withdrawn, not deleted
+            lab.stop(agent)
+        finally:
+            daemon.stop()
