@@ -29,7 +29,7 @@ def register(nouns: argparse._SubParsersAction) -> None:
     set_.add_argument(
         "--cmdline",
         help="kernel command line; placeholders {name} {mac} {ip} "
-        "{server} {domain} {gateway} {netmask} {role}",
+        "{server} {domain} {gateway} {netmask} {role} {storage}",
     )
     set_.add_argument("--hypervisor-args", help="Xen command line, for multiboot images")
     set_.add_argument("--reason", help="why; recorded in the audit log")

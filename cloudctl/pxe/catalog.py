@@ -8,8 +8,11 @@ for the file name the machine asked for. Every lookup is an index read per reque
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 
+from cloudctl.aoe.mdraid import AoeLeg, MirrorPlan, render_kernel_args
+from cloudctl.aoe.mirror import MirrorError
 from cloudctl.config import Config
 from cloudctl.inventory import InventoryError, parse_mac
 from cloudctl.pxe.dhcp.bootmethods import PXELINUX_0, UNDIONLY_KPXE, BootOffer
@@ -22,6 +25,8 @@ from cloudctl.pxe.render import (
 )
 from cloudctl.state import Node, StateStore
 from cloudctl.state.models import Profile
+
+log = logging.getLogger(__name__)
 
 ROLES = ("hnode", "snode", "instance", "discovery")
 _PXELINUX_MAC = re.compile(r"^pxelinux\.cfg/01-((?:[0-9a-f]{2}-){5}[0-9a-f]{2})$")
@@ -107,4 +112,24 @@ class BootCatalog:
             multiboot=image.multiboot if image else False,
             cmdline=profile.cmdline,
             hypervisor_args=profile.hypervisor_args,
+            storage=self._storage_args(node) if "{storage}" in profile.cmdline else "",
         )
+
+    def _storage_args(self, node: Node | None) -> str:
+        """md RAID1 kernel arguments for the mirrored volumes assigned to `node`."""
+        if node is None:
+            return ""
+        plans = [
+            MirrorPlan.for_volume(
+                v.name, [AoeLeg(leg.shelf, leg.slot, leg.snode) for leg in v.legs]
+            )
+            for v in self.store.list_volumes()
+            if node.name in v.assigned and v.mirrored
+        ]
+        if not plans:
+            return ""
+        try:
+            return render_kernel_args(plans)
+        except MirrorError as exc:
+            log.warning("cannot render the storage arguments of %s: %s", node.name, exc)
+            return ""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-PLACEHOLDERS = ("name", "mac", "ip", "server", "domain", "gateway", "netmask", "role")
+# {storage}: the md RAID1 kernel arguments (cloudctl.md=..., cloudctl.aoe_wait=...) for the
+# mirrored volumes assigned to the booting node; write root=/dev/md/VOLUME yourself.
+PLACEHOLDERS = ("name", "mac", "ip", "server", "domain", "gateway", "netmask", "role", "storage")
 # iPXE packs every multiboot command line (each "URL args\0") into one 512-byte buffer and
 # silently cuts what does not fit (MB_MAX_CMDLINE in its multiboot.c).
 IPXE_MULTIBOOT_CMDLINE_BYTES = 512
@@ -55,6 +57,7 @@ class BootTarget:
     multiboot: bool
     cmdline: str
     hypervisor_args: str
+    storage: str = ""
 
     def fill(self, template: str) -> str:
         values = {key: getattr(self, key) for key in PLACEHOLDERS}

@@ -89,7 +89,7 @@ def test_bad_boot_input_is_one_line(daemon, tmp_path):
         (
             ["profile", "set", "hnode", "--cmdline", "root={rootdev}"],
             "cmdline: unknown placeholder {rootdev}; known: {name}, {mac}, {ip}, {server}, "
-            "{domain}, {gateway}, {netmask}, {role}",
+            "{domain}, {gateway}, {netmask}, {role}, {storage}",
         ),
         (["profile", "rollback", "snode"], "the snode profile has never been set"),
     ]

@@ -130,3 +130,39 @@ def test_profile_versions_and_rollback(tmp_path):
     assert back.version == 1 and back.image == "v1"
     assert b"images/v1/kernel" in after and b"hypervisor" not in after
     assert actives == [True, False]
+
+
+def test_storage_placeholder_renders_the_nodes_mirrors(tmp_path):
+    from cloudctl.aoe.mdraid import parse_kernel_args, volume_uuid
+
+    async def body(store, catalog, pool):
+        for i, name in enumerate(("sn1", "sn2")):
+            await store.add_node(
+                NodeRequest(f"52:54:00:00:01:0{i}", Role.SNODE, name=name), pool, WHO
+            )
+        await store.add_node(NodeRequest(MAC, Role.HNODE), pool, WHO)
+        await store.create_volume("root-hn1", 1 << 30, ["sn1", "sn2"], None, WHO)
+        await store.assign_volume("root-hn1", "hn1", True, WHO)
+        await store.add_image(_image("deb12"), WHO)
+        await store.set_profile(
+            "hnode",
+            image="deb12",
+            bios_program="undionly.kpxe",
+            cmdline="console=ttyS0 {storage} root=/dev/md/root-{name}",
+            hypervisor_args="",
+            change=WHO,
+        )
+        return catalog.render(f"boot/{MAC}.ipxe", None, None).decode()
+
+    script = scenario(tmp_path, body)
+    kernel_line = next(line for line in script.splitlines() if line.startswith("kernel "))
+    args = parse_kernel_args(kernel_line)
+    (array,) = args.arrays
+    assert array.name == "root-hn1"
+    assert array.targets == ("e1.0", "e2.0")
+
+    def bare(uuid):
+        return uuid.replace(":", "").replace("-", "")
+
+    assert bare(array.uuid) == bare(volume_uuid("root-hn1"))
+    assert kernel_line.endswith("root=/dev/md/root-hn1")
