@@ -69,7 +69,7 @@ class GuestKernel:
 def guest_kernel(package: str | None = None) -> GuestKernel:
     """The unpacked kernel `package` (default: the one linux-image-amd64 depends on)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with _locked(CACHE_DIR / ".lock"):
+    with cache_lock(CACHE_DIR / ".lock"):
         package = package or _resolve_package()
         if not package.startswith("linux-image-"):
             raise GuestKernelError(f"{package!r} is not a linux-image-* package")
@@ -150,10 +150,10 @@ def _resolve_package() -> str:
             return str(saved["package"])
     except (OSError, ValueError, KeyError):
         pass
-    out = _run(["apt-cache", "depends", META_PACKAGE]).stdout
+    out = run_or_raise(["apt-cache", "depends", META_PACKAGE]).stdout
     if not re.search(r"Depends:\s*linux-image-", out):
-        _run(["apt-get", "update", "-qq"])
-        out = _run(["apt-cache", "depends", META_PACKAGE]).stdout
+        run_or_raise(["apt-get", "update", "-qq"])
+        out = run_or_raise(["apt-cache", "depends", META_PACKAGE]).stdout
     found = re.findall(r"^\s*Depends:\s*(linux-image-\S+)", out, re.MULTILINE)
     if not found:
         raise GuestKernelError(f"apt-cache depends {META_PACKAGE} names no kernel:\n{out}")
@@ -170,16 +170,16 @@ def _fetch_and_unpack(package: str, version: str, root: Path) -> None:
         download = ["apt-get", "download", "-q", package]
         result = subprocess.run(download, cwd=work, capture_output=True, text=True)
         if result.returncode != 0 and "Unable to locate" in result.stderr:
-            _run(["apt-get", "update", "-qq"])
+            run_or_raise(["apt-get", "update", "-qq"])
             result = subprocess.run(download, cwd=work, capture_output=True, text=True)
         if result.returncode != 0:
             raise GuestKernelError(f"apt-get download {package} failed:\n{result.stderr}")
         (deb,) = work.glob("*.deb")
         unpacked = work / "root"
-        _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        run_or_raise(["dpkg-deb", "-x", str(deb), str(unpacked)])
         deb.unlink()
         # The .deb ships no modules.dep: the package's postinst would have made it.
-        _run(["depmod", "-b", str(unpacked), version])
+        run_or_raise(["depmod", "-b", str(unpacked), version])
         (unpacked / ".complete").touch()
         if root.exists():
             shutil.rmtree(root)
@@ -355,15 +355,17 @@ class _Cpio:
         self._buf.write(b"\0" * (-self._buf.tell() % 4))
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run_or_raise(
+    argv: list[str], error: type[Exception] = GuestKernelError
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
-        raise GuestKernelError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}")
+        raise error(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}")
     return result
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def cache_lock(path: Path) -> Iterator[None]:
     # Parallel pytest runs share the cache; the first one downloads, the others wait.
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

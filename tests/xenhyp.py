@@ -7,16 +7,16 @@ once, keyed by package name: multiboot loaders (qemu -kernel, iPXE, mboot.c32) w
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+from tests.guestkernel import cache_lock, run_or_raise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("CLOUDCTL_TEST_CACHE", REPO_ROOT / "var" / "cache")) / "xenhyp"
@@ -25,6 +25,9 @@ PACKAGE = "xen-hypervisor-4.17-amd64"
 
 class XenHypervisorError(Exception):
     """Fetching or unpacking the Xen package failed; the message says what to do."""
+
+
+_run_xen = partial(run_or_raise, error=XenHypervisorError)
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def xen_hypervisor(package: str = PACKAGE) -> XenHypervisor:
         raise XenHypervisorError(f"{package!r} is not a xen-hypervisor-* package")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     root = CACHE_DIR / package
-    with _locked(CACHE_DIR / ".lock"):
+    with cache_lock(CACHE_DIR / ".lock"):
         if not (root / ".complete").exists():
             _fetch_and_unpack(package, root)
     found = sorted(root.glob("xen-*"))
@@ -59,14 +62,14 @@ def _fetch_and_unpack(package: str, root: Path) -> None:
         download = ["apt-get", "download", "-q", package]
         result = subprocess.run(download, cwd=work, capture_output=True, text=True)
         if result.returncode != 0 and "Unable to locate" in result.stderr:
-            _run(["apt-get", "update", "-qq"])
+            _run_xen(["apt-get", "update", "-qq"])
             result = subprocess.run(download, cwd=work, capture_output=True, text=True)
         if result.returncode != 0:
             raise XenHypervisorError(f"apt-get download {package} failed:\n{result.stderr}")
         (deb,) = work.glob("*.deb")
-        version = _run(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
+        version = _run_xen(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
         unpacked = work / "unpacked"
-        _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        _run_xen(["dpkg-deb", "-x", str(deb), str(unpacked)])
         compressed = sorted((unpacked / "boot").glob("xen-*.gz"))
         if len(compressed) != 1:
             raise XenHypervisorError(f"{deb.name} has {len(compressed)} boot/xen-*.gz, want 1")
@@ -82,21 +85,3 @@ def _fetch_and_unpack(package: str, root: Path) -> None:
         done.rename(root)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise XenHypervisorError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}")
-    return result
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # Parallel pytest runs share the cache: the first one downloads, the others wait.
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
