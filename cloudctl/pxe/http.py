@@ -460,19 +460,16 @@ def _os_error_status(exc: OSError) -> int:
 
 
 def _reopen(file: DiskFile) -> BinaryIO | None:
-    """A file object for loop.sendfile, which wants one; DiskFile only exposes its path.
+    """A file object for loop.sendfile, which wants one, over the file BootFiles opened.
 
-    The path was resolved inside its root; if it no longer names a file of the size BootFiles
-    found, the caller reads through DiskFile's own descriptor instead, which is still right.
+    A duplicate of DiskFile's descriptor, not a second open by path: the bytes sent are those
+    of the file that was checked to be inside its root, even if the path changed since. The
+    shared file offset does not matter, DiskFile reads with pread.
     """
     try:
-        fileobj = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's `with`
+        return os.fdopen(os.dup(file.fileno()), "rb")
     except OSError:
         return None
-    if os.fstat(fileobj.fileno()).st_size != file.size:
-        fileobj.close()
-        return None
-    return fileobj
 
 
 def _log_request(
