@@ -319,6 +319,15 @@ class DhcpMessage:
         return self._option(OptionCode.BOOTFILE_NAME, decode_text)
 
 
+_BOOT_OPS = {op.value: op for op in BootOp}
+_ZERO_ADDRESS = bytes(4)
+
+
+def _address(packed: bytes) -> IPv4Address:
+    # Most header addresses of a request are 0.0.0.0: share one object rather than parse it.
+    return _UNSPECIFIED if packed == _ZERO_ADDRESS else IPv4Address(packed)
+
+
 def _c_string(field_bytes: bytes) -> bytes:
     return field_bytes.split(b"\x00", 1)[0]
 
@@ -353,9 +362,9 @@ def decode(data: bytes) -> DhcpMessage:
     content = (pair for pair in instances if pair[0] != OptionCode.OVERLOAD)
     # Every field comes from the fixed-size header just unpacked, so it is in range already.
     return DhcpMessage._trusted(
-        op=BootOp(op), htype=htype, hlen=hlen, hops=hops, xid=xid, secs=secs, flags=flags,
-        ciaddr=IPv4Address(ciaddr), yiaddr=IPv4Address(yiaddr), siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr), chaddr=chaddr, sname=_c_string(sname), file=_c_string(file),
+        op=_BOOT_OPS[op], htype=htype, hlen=hlen, hops=hops, xid=xid, secs=secs, flags=flags,
+        ciaddr=_address(ciaddr), yiaddr=_address(yiaddr), siaddr=_address(siaddr),
+        giaddr=_address(giaddr), chaddr=chaddr, sname=_c_string(sname), file=_c_string(file),
         options=DhcpOptions.joining(content),
     )  # fmt: skip
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Protocol
 
@@ -120,13 +120,19 @@ Effect = BindLease | EndLease | DeclineAddress | RecordDiscovered
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with one request. `outcome` names it for counters and the log."""
+    """What to do with one request. `outcome` names it for counters and the log.
+
+    `fixed_node` is set on an OFFER or ACK of a node's fixed address: that reply depends only on
+    the node's record, the request and (for PXE clients) the node's boot offer, so it may be
+    replayed for the same request until the record changes (see replycache.py).
+    """
 
     outcome: str
     reply: DhcpMessage | None = None
     destination: tuple[str, int] | None = None
     effects: tuple[Effect, ...] = ()
     detail: str = ""
+    fixed_node: Node | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,16 @@ class DhcpPolicy:
         ]
         self._lease_options: dict[int, list[tuple[int, bytes]]] = {}
 
+    def fixed_lease(self, node: Node | None) -> tuple[IPv4Address, int] | None:
+        """The fixed address and lease time `node` gets, or None if it is served dynamically."""
+        if node is not None and node.state is not NodeState.DISCOVERED and node.ip is not None:
+            return node.ip, self.settings.lease_time
+        return None
+
+    def release_offer(self, ip: IPv4Address) -> None:
+        """`ip` was just ACKed: no dynamic offer holds it any more (as _request does)."""
+        self._offers.release_ip(ip)
+
     def decide(self, msg: DhcpMessage, now: float) -> Decision:
         if msg.op != BootOp.REQUEST:
             return Decision("ignored", detail="not a client request (op is not BOOTREQUEST)")
@@ -277,7 +293,7 @@ class DhcpPolicy:
             return self._nak(msg, f"{asked} is not the address of {msg.mac}")
         expires = now + assignment.lease_time
         bind = BindLease(msg.mac, assignment.ip, expires, assignment.hostname)
-        self._offers.release_ip(assignment.ip)
+        self.release_offer(assignment.ip)
         return self._answer(msg, MessageType.DHCPACK, assignment, (bind,), "ack")
 
     def _decline(self, msg: DhcpMessage, now: float) -> Decision:
@@ -323,8 +339,9 @@ class DhcpPolicy:
     def _assign(
         self, msg: DhcpMessage, node: Node | None, now: float, hint: IPv4Address | None
     ) -> _Assignment | None:
-        if node is not None and node.state is not NodeState.DISCOVERED and node.ip is not None:
-            return _Assignment(node.ip, self.settings.lease_time, node.name, node, dynamic=False)
+        fixed = self.fixed_lease(node)
+        if node is not None and fixed is not None:
+            return _Assignment(fixed[0], fixed[1], node.name, node, dynamic=False)
         if not self.settings.discovery:
             return None
         ip = self._dynamic_address(msg.mac, now, hint)
@@ -407,7 +424,8 @@ class DhcpPolicy:
         )
         boot_note = f", boot {choice.boot_file}" if choice else ""
         detail = f"{kind.name[4:]} {assignment.ip} to {msg.mac}{boot_note}"
-        return Decision(outcome, reply, self._destination(msg, reply), effects, detail)
+        fixed = None if assignment.dynamic else assignment.node
+        return Decision(outcome, reply, self._destination(msg, reply), effects, detail, fixed)
 
     def _timer_options(self, lease_time: int) -> list[tuple[int, bytes]]:
         cached = self._lease_options.get(lease_time)

@@ -299,3 +299,17 @@ def test_malformed_option_value_is_reported_not_raised():
     policy, _ = _policy()
     request = _msg(MessageType.DHCPREQUEST, options=[(OptionCode.REQUESTED_IP, b"\x01\x02")])
     assert policy.decide(request, NOW).outcome == "malformed"
+
+
+def test_fixed_address_answers_name_their_node_for_the_reply_cache():
+    policy, book = _policy(discovery=True)
+    known = book.nodes[KNOWN]
+    assert policy.decide(_msg(MessageType.DHCPDISCOVER), NOW).fixed_node == known
+    selecting = [(OptionCode.REQUESTED_IP, encode_ipv4("10.20.0.10"))]
+    assert policy.decide(_msg(MessageType.DHCPREQUEST, options=selecting), NOW).fixed_node == known
+    assert policy.fixed_lease(known) == (IPv4Address("10.20.0.10"), 3600)
+    dynamic = policy.decide(_msg(MessageType.DHCPDISCOVER, STRANGER), NOW)
+    assert dynamic.outcome == "offer" and dynamic.fixed_node is None
+    wrong = [(OptionCode.REQUESTED_IP, encode_ipv4("10.20.0.77"))]
+    assert policy.decide(_msg(MessageType.DHCPREQUEST, options=wrong), NOW).fixed_node is None
+    assert policy.fixed_lease(None) is None
