@@ -195,18 +195,6 @@ class HeldOffers:
             self.release_ip(ip)
 
 
-def static_boot_offer(config: Config) -> Callable[[Node | None], BootOffer]:
-    """Every node boots undionly.kpxe (BIOS) or snponly.efi (UEFI), then its iPXE script.
-
-    Boot profiles per role replace this once the boot servers exist; the script URL is where
-    the HTTP boot server renders each node's iPXE script.
-    """
-    offer = BootOffer(
-        ipxe_script_url=f"http://{config.network.server}:{config.boot.http_port}/boot/{{mac}}.ipxe"
-    )
-    return lambda node: offer
-
-
 def is_pxe_client(msg: DhcpMessage) -> bool:
     """PXE/HTTP-boot firmware and iPXE get boot options; an OS's DHCP client does not."""
     vendor = msg.vendor_class_id or b""
