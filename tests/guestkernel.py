@@ -164,17 +164,7 @@ def _resolve_package() -> str:
 def _fetch_and_unpack(package: str, version: str, root: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=CACHE_DIR))
     try:
-        # apt-get writes the .deb into its working directory; as root it warns that the _apt
-        # sandbox user cannot write there unless the directory is world-accessible.
-        work.chmod(0o777)
-        download = ["apt-get", "download", "-q", package]
-        result = subprocess.run(download, cwd=work, capture_output=True, text=True)
-        if result.returncode != 0 and "Unable to locate" in result.stderr:
-            run_or_raise(["apt-get", "update", "-qq"])
-            result = subprocess.run(download, cwd=work, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise GuestKernelError(f"apt-get download {package} failed:\n{result.stderr}")
-        (deb,) = work.glob("*.deb")
+        deb = download_deb(package, work)
         unpacked = work / "root"
         run_or_raise(["dpkg-deb", "-x", str(deb), str(unpacked)])
         deb.unlink()
@@ -353,6 +343,22 @@ class _Cpio:
     def _write_padded(self, chunk: bytes) -> None:
         self._buf.write(chunk)
         self._buf.write(b"\0" * (-self._buf.tell() % 4))
+
+
+def download_deb(package: str, work: Path, error: type[Exception] = GuestKernelError) -> Path:
+    """`apt-get download` PACKAGE into `work` (updating the lists once if they are stale)."""
+    # apt-get writes the .deb into its working directory; as root it warns that the _apt
+    # sandbox user cannot write there unless the directory is world-accessible.
+    work.chmod(0o777)
+    download = ["apt-get", "download", "-q", package]
+    result = subprocess.run(download, cwd=work, capture_output=True, text=True)
+    if result.returncode != 0 and "Unable to locate" in result.stderr:
+        run_or_raise(["apt-get", "update", "-qq"], error)
+        result = subprocess.run(download, cwd=work, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise error(f"apt-get download {package} failed:\n{result.stderr}")
+    (deb,) = work.glob("*.deb")
+    return deb
 
 
 def run_or_raise(

@@ -10,13 +10,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from tests.guestkernel import cache_lock, run_or_raise
+from tests.guestkernel import cache_lock, download_deb, run_or_raise
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = Path(os.environ.get("CLOUDCTL_TEST_CACHE", REPO_ROOT / "var" / "cache")) / "xenhyp"
@@ -57,16 +56,7 @@ def xen_hypervisor(package: str = PACKAGE) -> XenHypervisor:
 def _fetch_and_unpack(package: str, root: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix=f".{package}-", dir=CACHE_DIR))
     try:
-        # apt-get's _apt sandbox user must be able to write the .deb into its working directory.
-        work.chmod(0o777)
-        download = ["apt-get", "download", "-q", package]
-        result = subprocess.run(download, cwd=work, capture_output=True, text=True)
-        if result.returncode != 0 and "Unable to locate" in result.stderr:
-            _run_xen(["apt-get", "update", "-qq"])
-            result = subprocess.run(download, cwd=work, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise XenHypervisorError(f"apt-get download {package} failed:\n{result.stderr}")
-        (deb,) = work.glob("*.deb")
+        deb = download_deb(package, work, XenHypervisorError)
         version = _run_xen(["dpkg-deb", "-f", str(deb), "Version"]).stdout.strip()
         unpacked = work / "unpacked"
         _run_xen(["dpkg-deb", "-x", str(deb), str(unpacked)])
