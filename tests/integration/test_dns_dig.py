@@ -3,17 +3,15 @@ of 100,000 mutated datagrams; plus TCP framing, idle timeout and start-up errors
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import random
 import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import dns.message
 import dns.rcode
@@ -21,6 +19,7 @@ import pytest
 
 from cloudctl.dns.server import DnsServer
 from cloudctl.dns.zone import DnsError, ZoneSettings
+from tests.serverthread import ServerThread
 from tests.unit.dns.test_fuzz import SEEDS, mutate
 
 T = TypeVar("T")
@@ -51,27 +50,12 @@ class Inventory:
         return 7
 
 
-class ServerThread:
-    """A DnsServer running on its own event loop in a background thread."""
+class DnsThread(ServerThread[DnsServer]):
+    """A DnsServer on 127.0.0.1 (a free port) in a background thread."""
 
     def __init__(self, **options: float) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = DnsServer(Inventory(), SETTINGS, [("127.0.0.1", 0)], **options)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        self.call(self.server.start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
+        server = DnsServer(Inventory(), SETTINGS, [("127.0.0.1", 0)], **options)
+        super().__init__(server, call_timeout=10)
 
     @property
     def port(self) -> int:
@@ -79,8 +63,8 @@ class ServerThread:
 
 
 @pytest.fixture(scope="module")
-def running() -> Iterator[ServerThread]:
-    with ServerThread() as thread:
+def running() -> Iterator[DnsThread]:
+    with DnsThread() as thread:
         yield thread
 
 
@@ -98,7 +82,7 @@ def dig(port: int, *args: str) -> str:
 TRANSPORTS = pytest.mark.parametrize("transport", ["+notcp", "+tcp"])
 
 
-def test_udp_and_tcp_share_one_free_port(running: ServerThread) -> None:
+def test_udp_and_tcp_share_one_free_port(running: DnsThread) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -111,13 +95,13 @@ def test_udp_and_tcp_share_one_free_port(running: ServerThread) -> None:
 
 
 @TRANSPORTS
-def test_dig_resolves_a_node(running: ServerThread, transport: str) -> None:
+def test_dig_resolves_a_node(running: DnsThread, transport: str) -> None:
     assert dig(running.port, transport, "+short", "hn1.cloud.test").split() == ["10.20.0.5"]
 
 
 @TRANSPORTS
 def test_dig_echoes_mixed_case_and_gets_an_authoritative_answer(
-    running: ServerThread, transport: str
+    running: DnsThread, transport: str
 ) -> None:
     out = dig(running.port, transport, "HN1.Cloud.TEST", "A")
     assert "status: NOERROR" in out and " aa " in out.split("flags:")[1].split(";")[0] + " "
@@ -125,27 +109,25 @@ def test_dig_echoes_mixed_case_and_gets_an_authoritative_answer(
 
 
 @TRANSPORTS
-def test_dig_reverse_lookup(running: ServerThread, transport: str) -> None:
+def test_dig_reverse_lookup(running: DnsThread, transport: str) -> None:
     assert dig(running.port, transport, "+short", "-x", "10.20.0.5").split() == ["hn1.cloud.test."]
 
 
 @TRANSPORTS
-def test_dig_outside_name_is_refused(running: ServerThread, transport: str) -> None:
+def test_dig_outside_name_is_refused(running: DnsThread, transport: str) -> None:
     out = dig(running.port, transport, "www.example.com")
     assert "status: REFUSED" in out
     assert "recursion requested but not available" in out
 
 
 @TRANSPORTS
-def test_dig_unknown_name_in_zone_is_nxdomain_with_soa(
-    running: ServerThread, transport: str
-) -> None:
+def test_dig_unknown_name_in_zone_is_nxdomain_with_soa(running: DnsThread, transport: str) -> None:
     out = dig(running.port, transport, "nothere.cloud.test")
     assert "status: NXDOMAIN" in out
     assert "cloud.test.\t\t60\tIN\tSOA\tns.cloud.test. hostmaster.cloud.test. 7 " in out
 
 
-def test_dig_soa_ns_and_nodata(running: ServerThread) -> None:
+def test_dig_soa_ns_and_nodata(running: DnsThread) -> None:
     assert dig(running.port, "+short", "cloud.test", "NS").split() == ["ns.cloud.test."]
     soa = dig(running.port, "+short", "cloud.test", "SOA").split()
     assert soa[:3] == ["ns.cloud.test.", "hostmaster.cloud.test.", "7"]
@@ -153,12 +135,12 @@ def test_dig_soa_ns_and_nodata(running: ServerThread) -> None:
     assert "status: NOERROR" in out and "ANSWER: 0" in out and "AUTHORITY: 1" in out
 
 
-def test_dig_unknown_edns_version_is_badvers(running: ServerThread) -> None:
+def test_dig_unknown_edns_version_is_badvers(running: DnsThread) -> None:
     out = dig(running.port, "+edns=1", "+noednsnegotiation", "hn1.cloud.test")
     assert "status: BADVERS" in out
 
 
-def test_dig_several_queries_on_one_tcp_connection(running: ServerThread) -> None:
+def test_dig_several_queries_on_one_tcp_connection(running: DnsThread) -> None:
     before = running.server.counters.tcp_connections
     out = dig(running.port, "+tcp", "+keepopen", "+short", "hn1.cloud.test", "ns.cloud.test")
     assert out.split() == ["10.20.0.5", "10.20.0.2"]
@@ -170,7 +152,7 @@ def _udp_exchange(sock: socket.socket, port: int, wire: bytes) -> bytes:
     return sock.recv(65535)
 
 
-def test_100k_mutated_datagrams_then_dig_still_answers(running: ServerThread) -> None:
+def test_100k_mutated_datagrams_then_dig_still_answers(running: DnsThread) -> None:
     counters = running.server.counters
     before = counters.as_dict()
     rng = random.Random(1234)
@@ -230,7 +212,7 @@ def _read_framed(sock: socket.socket) -> bytes:
     return exactly(length)
 
 
-def test_tcp_pipelined_split_and_garbage_frames(running: ServerThread) -> None:
+def test_tcp_pipelined_split_and_garbage_frames(running: DnsThread) -> None:
     queries = [dns.message.make_query("hn1.cloud.test.", "A", id=i) for i in (1, 2, 3)]
     with socket.create_connection(("127.0.0.1", running.port), timeout=5) as sock:
         sock.sendall(b"".join(_framed(q.to_wire()) for q in queries))  # three in one write
@@ -249,7 +231,7 @@ def test_tcp_pipelined_split_and_garbage_frames(running: ServerThread) -> None:
 
 def test_tcp_idle_connections_are_closed() -> None:
     with (
-        ServerThread(tcp_idle_timeout=0.3) as thread,
+        DnsThread(tcp_idle_timeout=0.3) as thread,
         socket.create_connection(("127.0.0.1", thread.port), timeout=5) as sock,
     ):
         started = time.monotonic()
@@ -258,7 +240,7 @@ def test_tcp_idle_connections_are_closed() -> None:
         assert 0.2 < time.monotonic() - started < 4
 
 
-def test_udp_short_and_response_datagrams_get_nothing(running: ServerThread) -> None:
+def test_udp_short_and_response_datagrams_get_nothing(running: DnsThread) -> None:
     before = running.server.counters.dropped
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.3)
@@ -270,7 +252,7 @@ def test_udp_short_and_response_datagrams_get_nothing(running: ServerThread) -> 
     assert running.server.counters.dropped == before + 3
 
 
-def test_start_on_a_busy_port_says_so(running: ServerThread) -> None:
+def test_start_on_a_busy_port_says_so(running: DnsThread) -> None:
     async def start_second() -> None:
         server = DnsServer(Inventory(), SETTINGS, [("127.0.0.1", running.port)])
         await server.start()

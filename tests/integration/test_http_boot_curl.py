@@ -3,20 +3,19 @@ traversal sent verbatim with --path-as-is, connection reuse, and a throughput me
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
 import subprocess
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from cloudctl.pxe.bootfiles import BootFiles
 from cloudctl.pxe.http import HttpBootServer
+from tests.serverthread import ServerThread
 
 T = TypeVar("T")
 
@@ -36,29 +35,12 @@ def render(name: str, mac: str | None, client_ip: str | None) -> bytes | None:
     return None
 
 
-class ServerThread:
-    """An HttpBootServer on its own event loop in a background thread, so curl can block."""
+class HttpThread(ServerThread[HttpBootServer]):
+    """An HttpBootServer on 127.0.0.1 in a background thread, so curl can block."""
 
     def __init__(self, files: BootFiles) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = HttpBootServer(
-            files, host="127.0.0.1", port=0, mac_lookup={"127.0.0.1": MAC}.get
-        )
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        self.call(self.server.start())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.call(self.server.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-    def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(30)
+        server = HttpBootServer(files, host="127.0.0.1", port=0, mac_lookup={"127.0.0.1": MAC}.get)
+        super().__init__(server, call_timeout=30)
 
     def url(self, path: str) -> str:
         host, port = self.server.address
@@ -81,9 +63,9 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(root: Path) -> Iterator[ServerThread]:
+def server(root: Path) -> Iterator[HttpThread]:
     files = BootFiles(roots=(root,), render=render, packaged={})
-    with ServerThread(files) as running:
+    with HttpThread(files) as running:
         yield running
 
 
