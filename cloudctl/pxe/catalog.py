@@ -119,16 +119,14 @@ class BootCatalog:
         """md RAID1 kernel arguments for the mirrored volumes assigned to `node`."""
         if node is None:
             return ""
-        plans = [
-            MirrorPlan.for_volume(
-                v.name, [AoeLeg(leg.shelf, leg.slot, leg.snode) for leg in v.legs]
-            )
-            for v in self.store.list_volumes()
-            if node.name in v.assigned and v.mirrored
-        ]
-        if not plans:
+        volumes = [v for v in self.store.volumes_assigned_to(node.name) if v.mirrored]
+        if not volumes:
             return ""
         try:
+            plans = [
+                MirrorPlan.for_volume(v.name, [AoeLeg(g.shelf, g.slot, g.snode) for g in v.legs])
+                for v in volumes
+            ]
             return render_kernel_args(plans)
         except MirrorError as exc:
             log.warning("cannot render the storage arguments of %s: %s", node.name, exc)

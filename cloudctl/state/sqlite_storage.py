@@ -179,6 +179,14 @@ class StorageRecords:
         conn = self._reader_conn()
         return [_volume(conn, name) for name in names]
 
+    def volumes_assigned_to(self, node: str) -> list[Volume]:
+        """The volumes `node` may use (an index read: boot configs are rendered per request)."""
+        names = self._read(
+            "SELECT volume FROM volume_assignments WHERE node = ? ORDER BY volume", (node,)
+        )
+        conn = self._reader_conn()
+        return [_volume(conn, name) for (name,) in names]
+
     def exports_for(self, snode: str) -> list[ExportRecord]:
         """Every leg on `snode`, with its ACL; `exported` is false for failed legs, while the
         node is in maintenance (its files stay: the data comes back after maintenance), and

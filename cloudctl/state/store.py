@@ -175,6 +175,9 @@ class StateStore(ABC):
     def list_volumes(self) -> list[Volume]: ...
 
     @abstractmethod
+    def volumes_assigned_to(self, node: str) -> list[Volume]: ...
+
+    @abstractmethod
     def exports_for(self, snode: str) -> list[ExportRecord]: ...
 
     @abstractmethod

@@ -166,3 +166,29 @@ def test_storage_placeholder_renders_the_nodes_mirrors(tmp_path):
 
     assert bare(array.uuid) == bare(volume_uuid("root-hn1"))
     assert kernel_line.endswith("root=/dev/md/root-hn1")
+
+
+def test_storage_that_md_cannot_name_renders_without_it(tmp_path):
+    async def body(store, catalog, pool):
+        for i, name in enumerate(("sn1", "sn2")):
+            await store.add_node(
+                NodeRequest(f"52:54:00:00:01:0{i}", Role.SNODE, name=name), pool, WHO
+            )
+        await store.add_node(NodeRequest(MAC, Role.HNODE), pool, WHO)
+        too_long = "v" * 40  # a valid volume name, but md array names stop at 32 characters
+        await store.create_volume(too_long, 1 << 30, ["sn1", "sn2"], None, WHO)
+        await store.assign_volume(too_long, "hn1", True, WHO)
+        await store.add_image(_image("deb12"), WHO)
+        await store.set_profile(
+            "hnode",
+            image="deb12",
+            bios_program="undionly.kpxe",
+            cmdline="console=ttyS0 {storage}",
+            hypervisor_args="",
+            change=WHO,
+        )
+        return catalog.render(f"boot/{MAC}.ipxe", None, None).decode()
+
+    script = scenario(tmp_path, body)
+    assert "kernel http://10.20.0.2:8080/images/deb12/kernel" in script
+    assert "cloudctl.md=" not in script
