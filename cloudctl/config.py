@@ -213,21 +213,13 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def _seconds(low: int, high: int) -> Callable[[Any], int]:
+def _whole(low: int, high: int, unit: str = "") -> Callable[[Any], int]:
+    """An int from low to high; `unit` ("seconds") only words the error."""
+    what = f"a whole number of {unit}" if unit else "a whole number"
+
     def convert(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(
-                f"must be a whole number of seconds from {low} to {high}, got {value!r}"
-            )
-        return value
-
-    return convert
-
-
-def _count(low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"must be a whole number from {low} to {high}, got {value!r}")
+            raise ValueError(f"must be {what} from {low} to {high}, got {value!r}")
         return value
 
     return convert
@@ -361,18 +353,18 @@ def load_config(path: Path | str) -> Config:
         image_dir=boot.value("image_dir", _path_under(base), Path("/var/lib/cloudctl/images")),
         http_port=boot.value("http_port", _port, 8080),
         tftp_port=boot.value("tftp_port", _port, 69),
-        tftp_max_transfers=boot.value("tftp_max_transfers", _count(1, 100_000), 512),
-        tftp_max_per_client=boot.value("tftp_max_per_client", _count(1, 1000), 4),
-        tftp_max_windowsize=boot.value("tftp_max_windowsize", _count(1, 65535), 64),
+        tftp_max_transfers=boot.value("tftp_max_transfers", _whole(1, 100_000), 512),
+        tftp_max_per_client=boot.value("tftp_max_per_client", _whole(1, 1000), 4),
+        tftp_max_windowsize=boot.value("tftp_max_windowsize", _whole(1, 65535), 64),
     )
     boot.finish()
     network_config = _load_network(top.section("network"))
     dhcp = top.section("dhcp")
     dhcp_config = DhcpConfig(
         enabled=dhcp.value("enabled", _bool, True),
-        lease_time=dhcp.value("lease_time", _seconds(60, 7 * 86400), 3600),
+        lease_time=dhcp.value("lease_time", _whole(60, 7 * 86400, "seconds"), 3600),
         discovery=dhcp.value("discovery", _bool, False),
-        discovery_lease_time=dhcp.value("discovery_lease_time", _seconds(10, 86400), 60),
+        discovery_lease_time=dhcp.value("discovery_lease_time", _whole(10, 86400, "seconds"), 60),
     )
     dhcp.finish()
     dns = top.section("dns")
@@ -384,7 +376,7 @@ def load_config(path: Path | str) -> Config:
             (network_config.server,),
         ),
         port=dns.value("port", _port, 53),
-        ttl=dns.value("ttl", _seconds(0, 86400), 60),
+        ttl=dns.value("ttl", _whole(0, 86400, "seconds"), 60),
     )
     dns.finish()
     storage = top.section("storage")

@@ -103,6 +103,12 @@ def _delete(path: str):
         ),
         (_set("boot.http_port", True), "boot.http_port: must be a port number"),
         (_set("log_level", "loud"), "log_level: must be one of debug, info, warning, error"),
+        (_set("dhcp.lease_time", 5), "dhcp.lease_time: must be a whole number of seconds from 60"),
+        (_set("dns.ttl", True), "dns.ttl: must be a whole number of seconds from 0 to 86400"),
+        (
+            _set("boot.tftp_max_per_client", 0),
+            "boot.tftp_max_per_client: must be a whole number from 1 to 1000, got 0",
+        ),
         (_set("state", ["a"]), "state: must be a mapping"),
     ],
 )
