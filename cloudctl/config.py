@@ -96,6 +96,27 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class HypervisorConfig:
+    """How cloudctld reaches each hardware node's libvirt and runs instances there."""
+
+    uri: str  # template: {name} {ip} {mac} of the hardware node
+    flavour: str  # "xen" (libxl domains) or "qemu" (the lab)
+    boot: str  # "pvh" or "hvm" for xen; qemu boots the profile's kernel directly
+    bridge: str  # the bridge on each hardware node that instance NICs join
+    migration_uri: str  # template: where the destination's hypervisor receives memory
+    connect_timeout: int
+    call_timeout: int
+    poll_interval: int
+    policy: str  # "spread" or "pack"
+    max_downtime_ms: int
+    bandwidth_mib: int  # 0: unlimited
+    migration_timeout: int
+    drain_parallel: int
+    failover: bool  # restart a dead node's instances elsewhere without being asked
+    failover_after: int
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path
     log_level: str
@@ -106,6 +127,7 @@ class Config:
     dns: DnsConfig
     boot: BootConfig
     storage: StorageConfig
+    hypervisor: HypervisorConfig
 
 
 class _Section:
@@ -326,6 +348,50 @@ def _load_network(net: _Section) -> NetworkConfig:
     return config
 
 
+_URI_FIELDS = {"name", "ip", "mac"}
+
+
+def _template(value: Any) -> str:
+    text = _string(value)
+    fields = set(re.findall(r"\{(\w*)\}", text))
+    if not fields <= _URI_FIELDS:
+        bad = sorted(fields - _URI_FIELDS)[0]
+        raise ValueError(f"unknown placeholder {{{bad}}}; use {{name}}, {{ip}} or {{mac}}")
+    return text
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _load_hypervisor(hv: _Section) -> HypervisorConfig:
+    flavour = hv.value("flavour", _choice("xen", "qemu"), "xen")
+    config = HypervisorConfig(
+        uri=hv.value("uri", _template, "xen+tcp://{ip}/system"),
+        flavour=flavour,
+        boot=hv.value("boot", _choice("pvh", "hvm"), "pvh"),
+        bridge=hv.value("bridge", _interface, "br0"),
+        migration_uri=hv.value("migration_uri", _template, "tcp://{ip}:49152"),
+        connect_timeout=hv.value("connect_timeout", _whole(1, 600, "seconds"), 15),
+        call_timeout=hv.value("call_timeout", _whole(1, 3600, "seconds"), 60),
+        poll_interval=hv.value("poll_interval", _whole(1, 3600, "seconds"), 10),
+        policy=hv.value("policy", _choice("spread", "pack"), "spread"),
+        max_downtime_ms=hv.value("max_downtime_ms", _whole(1, 60_000, "milliseconds"), 300),
+        bandwidth_mib=hv.value("bandwidth_mib", _whole(0, 1_000_000, "MiB/s"), 0),
+        migration_timeout=hv.value("migration_timeout", _whole(1, 86400, "seconds"), 600),
+        drain_parallel=hv.value("drain_parallel", _whole(1, 64), 2),
+        failover=hv.value("failover", _bool, False),
+        failover_after=hv.value("failover_after", _whole(10, 86400, "seconds"), 60),
+    )
+    hv.finish()
+    return config
+
+
 def load_config(path: Path | str) -> Config:
     """Read and validate a config file; raise ConfigError with one line on any problem."""
     source = Path(path)
@@ -394,6 +460,7 @@ def load_config(path: Path | str) -> Config:
         dns=dns_config,
         boot=boot_config,
         storage=storage_config,
+        hypervisor=_load_hypervisor(top.section("hypervisor")),
     )
     top.finish()
     return config

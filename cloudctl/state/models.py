@@ -248,3 +248,49 @@ class ExportRecord:
             "allowed_macs": list(self.allowed_macs),
             "exported": self.exported,
         }
+
+
+class InstanceState(StrEnum):
+    """What cloudctl believes an instance is doing; reconciled with libvirt's view."""
+
+    STOPPED = "stopped"  # defined nowhere running; starts again with `instance start`
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    MIGRATING = "migrating"
+    FAILED = "failed"  # the last operation failed; `instance show` and its job say why
+    LOST = "lost"  # its node stopped answering or no longer has it; failover restarts it
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A domU: its size and placement rules, and the hardware node it runs on (if any)."""
+
+    name: str
+    uuid: str
+    mac: str
+    memory_mib: int
+    vcpus: int
+    node: str | None
+    state: InstanceState
+    group: str | None
+    profile: str
+    volume: str | None
+    created_at: float
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "mac": self.mac,
+            "memory_mib": self.memory_mib,
+            "vcpus": self.vcpus,
+            "node": self.node,
+            "state": self.state.value,
+            "group": self.group,
+            "profile": self.profile,
+            "volume": self.volume,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }

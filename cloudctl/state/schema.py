@@ -137,6 +137,26 @@ MIGRATIONS: tuple[str, ...] = (
         started_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 5: instances (domUs): size, placement rules, and the hardware node each runs on.
+    """
+    CREATE TABLE instances (
+        name TEXT PRIMARY KEY,
+        uuid TEXT NOT NULL UNIQUE,
+        mac TEXT NOT NULL UNIQUE,
+        memory_mib INTEGER NOT NULL,
+        vcpus INTEGER NOT NULL,
+        node TEXT,
+        state TEXT NOT NULL CHECK (state IN
+            ('stopped', 'starting', 'running', 'stopping', 'migrating', 'failed', 'lost')),
+        grp TEXT,
+        profile TEXT NOT NULL,
+        volume TEXT REFERENCES volumes (name),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX instances_by_node ON instances (node);
+    CREATE INDEX instances_by_volume ON instances (volume);
+    """,
 )
 
 

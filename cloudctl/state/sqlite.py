@@ -22,6 +22,7 @@ from cloudctl.state.errors import Conflict, NotFound, StateError
 from cloudctl.state.models import AuditEntry, Job, JobState, Lease, Node, ProgressLine
 from cloudctl.state.schema import migrate
 from cloudctl.state.sqlite_boot import BootRecords
+from cloudctl.state.sqlite_instances import InstanceRecords
 from cloudctl.state.sqlite_storage import StorageRecords
 from cloudctl.state.store import Change, NodeRequest, StateStore
 from cloudctl.state.writer import GroupCommitWriter, WriteOp
@@ -137,7 +138,7 @@ def _next_ip(conn: sqlite3.Connection, pool: AddressPool) -> int:
     raise Conflict(f"no free address left in {pool.subnet} outside the dynamic range")
 
 
-class SqliteStore(BootRecords, StorageRecords, StateStore):
+class SqliteStore(BootRecords, StorageRecords, InstanceRecords, StateStore):
     def __init__(self, path: Path, *, max_batch: int = 1024) -> None:
         self.path = Path(path)
         self._max_batch = max_batch
@@ -251,6 +252,16 @@ class SqliteStore(BootRecords, StorageRecords, StateStore):
             ]
             if used:
                 raise Conflict(f"node {name} is assigned volumes {', '.join(used)}: unassign first")
+            hosted = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM instances WHERE node = ? ORDER BY name", (name,)
+                )
+            ]
+            if hosted:
+                raise Conflict(
+                    f"node {name} runs instances {', '.join(hosted)}: drain it (or destroy them)"
+                )
             conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
             conn.execute("DELETE FROM leases WHERE mac = ?", (node.mac,))
             record_audit(conn, change, "node.remove", name, mac=node.mac, ip=str(node.ip))

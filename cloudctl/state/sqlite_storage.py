@@ -121,6 +121,9 @@ class StorageRecords:
                 raise Conflict(
                     f"volume {name} is assigned to {', '.join(volume.assigned)}: unassign it first"
                 )
+            user = conn.execute("SELECT name FROM instances WHERE volume = ?", (name,)).fetchone()
+            if user is not None:
+                raise Conflict(f"volume {name} is used by instance {user[0]}: destroy it first")
             if conn.execute("SELECT 1 FROM volumes WHERE origin = ?", (name,)).fetchone():
                 raise Conflict(f"volume {name} has snapshots being created from it")
             conn.execute("DELETE FROM volumes WHERE name = ?", (name,))

@@ -17,6 +17,8 @@ from cloudctl.state.models import (
     AuditEntry,
     ExportRecord,
     Image,
+    Instance,
+    InstanceState,
     Job,
     JobState,
     Lease,
@@ -191,6 +193,30 @@ class StateStore(ABC):
 
     @abstractmethod
     def storage_in_maintenance(self) -> list[str]: ...
+
+    # instances
+    @abstractmethod
+    async def create_instance(self, instance: Instance, change: Change) -> Instance: ...
+
+    @abstractmethod
+    async def set_instance(
+        self,
+        name: str,
+        *,
+        state: InstanceState,
+        node: str | None,
+        change: Change,
+        action: str = "instance.state",
+    ) -> Instance: ...
+
+    @abstractmethod
+    async def remove_instance(self, name: str, change: Change) -> Instance: ...
+
+    @abstractmethod
+    def get_instance(self, name: str) -> Instance | None: ...
+
+    @abstractmethod
+    def list_instances(self, *, node: str | None = None) -> list[Instance]: ...
 
     # audit
     @abstractmethod

@@ -110,6 +110,16 @@ def _delete(path: str):
             "boot.tftp_max_per_client: must be a whole number from 1 to 1000, got 0",
         ),
         (_set("state", ["a"]), "state: must be a mapping"),
+        (
+            _set("hypervisor.uri", "qemu+tcp://{host}/system"),
+            "hypervisor.uri: unknown placeholder {host}; use {name}, {ip} or {mac}",
+        ),
+        (_set("hypervisor.flavour", "kvm"), "hypervisor.flavour: must be one of xen, qemu"),
+        (_set("hypervisor.policy", "random"), "hypervisor.policy: must be one of spread, pack"),
+        (
+            _set("hypervisor.failover_after", 1),
+            "hypervisor.failover_after: must be a whole number of seconds from 10",
+        ),
     ],
 )
 def test_each_error_names_its_key(tmp_path, change, expected):
