@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cloudctl import __version__
+from cloudctl.api import instances
 from cloudctl.api.base import App
 from cloudctl.api.server import ApiServer, ApiStartError
 from cloudctl.api.storage import StorageCoordinator
@@ -30,10 +31,23 @@ from cloudctl.pxe.http import HttpBootError, HttpBootServer
 from cloudctl.pxe.tftp.server import TftpServer, TftpStartError
 from cloudctl.state import StateError
 from cloudctl.state.sqlite import SqliteStore
+from cloudctl.state.store import Change
+from cloudctl.xen.hosts import HostPool, start_libvirt_events
+from cloudctl.xen.lifecycle import Hypervisors
+from cloudctl.xen.moves import Mover
+from cloudctl.xen.reconcile import Reconciler
 
 log = logging.getLogger("cloudctld")
 
 EXIT_STARTUP = 2
+
+
+def _hypervisors(store: SqliteStore, config: Config) -> tuple[Hypervisors, Mover, Reconciler]:
+    hv = config.hypervisor
+    start_libvirt_events()
+    pool = HostPool(hv.uri, connect_timeout=hv.connect_timeout, call_timeout=hv.call_timeout)
+    hypervisors = Hypervisors(store, config, pool)
+    return hypervisors, Mover(hypervisors), Reconciler(hypervisors)
 
 
 class StartupError(Exception):
@@ -48,11 +62,21 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     except StateError as exc:
         raise StartupError(str(exc)) from None
     coordinator = StorageCoordinator(store)
-    runner = JobRunner(store, [TEST_JOB, coordinator.job_kind()])
+    hypervisors, mover, reconciler = _hypervisors(store, config)
+    runner = JobRunner(
+        store, [TEST_JOB, coordinator.job_kind(), *instances.job_kinds(hypervisors, mover)]
+    )
     app = App(config, store, runner)
     app.storage = coordinator
+    app.hypervisors = hypervisors
+    app.reconciler = reconciler
+
+    async def failover(node: str) -> None:
+        await runner.submit("node-failover", {"node": node}, Change("cloudctld", "auto failover"))
+
+    reconciler.failover = failover
+    services: list = [reconciler]
     api = ApiServer(app, config.api)
-    services: list = []
     catalog = BootCatalog(store, config)
     if config.dhcp.enabled:
         settings = DhcpSettings.from_config(config, catalog.boot_offer)

@@ -8,11 +8,12 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-# Debian packages: the Python toolchain and the boot programs cloudctld serves (pxelinux,
-# syslinux-common, ipxe) for every job; the tests add the real peers they
-# talk to (scripts/test-packages.txt: qemu, udhcpc, dhclient, perfdhcp, dig, ...).
+# Debian packages: the Python toolchain, libvirt's headers (libvirt-python builds against
+# them) and the boot programs cloudctld serves (pxelinux, syslinux-common, ipxe) for every
+# job; the tests add the real peers they talk to (scripts/test-packages.txt: qemu, udhcpc,
+# dhclient, perfdhcp, dig, libvirtd, ...).
 APT_PACKAGES=(
-    python3 python3-venv python3-dev gcc pkg-config
+    python3 python3-venv python3-dev gcc pkg-config libvirt-dev
     iproute2 curl procps
     pxelinux syslinux-common ipxe
 )

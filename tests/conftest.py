@@ -58,8 +58,12 @@ def write_config(
     dns_listen: str = "127.0.0.1",
     boot: bool = False,
     http_port: int = 8080,
+    hypervisor: dict | None = None,
 ) -> Path:
-    """A config in `directory`; DHCP and DNS stay off unless a test asks for them."""
+    """A config in `directory`; DHCP and DNS stay off unless a test asks for them.
+
+    `hypervisor`: keys of the config's hypervisor section (e.g. uri, flavour, poll_interval).
+    """
     import ipaddress
 
     net = ipaddress.IPv4Network(subnet)
@@ -90,8 +94,17 @@ def write_config(
             directory=directory,
             http_port=http_port,
         )
+        + _section("hypervisor", hypervisor)
     )
     return path
+
+
+def _section(name: str, values: dict | None) -> str:
+    if not values:
+        return ""
+    return f"{name}:\n" + "".join(
+        f"  {key}: {json.dumps(value)}\n" for key, value in values.items()
+    )
 
 
 class Daemon:

@@ -85,6 +85,8 @@ class App:
         # Protocol servers register their packet counters here, by service name.
         self.counters: dict[str, Any] = {}
         self.storage: Any = None  # the StorageCoordinator, set by the daemon
+        self.hypervisors: Any = None  # xen.lifecycle.Hypervisors, set by the daemon
+        self.reconciler: Any = None  # xen.reconcile.Reconciler, set by the daemon
 
     def find_node(self, key: str) -> Node:
         node = self.store.get_node(key)

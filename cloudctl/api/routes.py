@@ -78,9 +78,15 @@ async def remove_node(app: App, request: Request) -> Any:
 
 
 async def drain_node(app: App, request: Request) -> Any:
+    """Mark unschedulable; a hardware node's instances then move away live in one job."""
     request.fields(optional=("reason",))
     node = app.find_node(request.path_params["name"])
-    return (await app.store.set_drained(node.name, True, request.change())).to_json()
+    change = request.change()
+    drained = (await app.store.set_drained(node.name, True, change)).to_json()
+    job = None
+    if app.hypervisors is not None and app.store.list_instances(node=node.name):
+        job = (await app.runner.submit("node-drain", {"node": node.name}, change)).to_json()
+    return {**drained, "job": job}
 
 
 async def undrain_node(app: App, request: Request) -> Any:

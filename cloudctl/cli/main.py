@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import NoReturn
 
 from cloudctl import __version__
-from cloudctl.cli import aoe, audit, image, job, node, profile, storage, volume
+from cloudctl.cli import aoe, audit, image, instance, job, node, profile, storage, volume
 from cloudctl.cli.client import ApiClient, CliError
 from cloudctl.config import DEFAULT_API_SOCKET, ConfigError, default_config_path, load_config
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-NOUNS = (node, image, profile, volume, storage, aoe, job, audit)
+NOUNS = (node, instance, image, profile, volume, storage, aoe, job, audit)
 
 
 class OneLineParser(argparse.ArgumentParser):

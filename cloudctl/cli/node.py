@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from cloudctl.cli.client import ApiClient
+from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import print_fields, print_json, print_table
 
 _FIELDS = ("name", "mac", "role", "ip", "state", "created_at", "updated_at")
@@ -47,14 +49,27 @@ def register(nouns: argparse._SubParsersAction) -> None:
 
     for verb, helptext in (
         ("remove", "remove a node from the inventory"),
-        ("drain", "mark a node unschedulable"),
+        ("drain", "mark a node unschedulable; a hardware node's instances move away live"),
         ("undrain", "make a drained node schedulable again"),
     ):
         sub = verbs.add_parser(verb, help=helptext)
         sub.add_argument("name")
         sub.add_argument("-o", "--output", choices=("text", "json"), default="text")
         _reason(sub)
+        if verb == "drain":
+            sub.add_argument("--no-wait", action="store_true", help="do not follow the moves")
         sub.set_defaults(run=_change, verb=verb)
+
+    failover = verbs.add_parser(
+        "failover", help="restart a dead hardware node's instances on other nodes"
+    )
+    failover.add_argument("name")
+    failover.add_argument(
+        "--force", action="store_true", help="even if its libvirt still answers (it is broken)"
+    )
+    _reason(failover)
+    failover.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    failover.set_defaults(run=_failover)
 
 
 def _reason(parser: argparse.ArgumentParser) -> None:
@@ -113,5 +128,21 @@ def _change(args: argparse.Namespace, client: ApiClient) -> int:
         node = client.request("DELETE", f"/v1/nodes/{args.name}", body)
     else:
         node = client.request("POST", f"/v1/nodes/{args.name}/{args.verb}", body)
+    job = node.pop("job", None)
     _print_node(node, args.output)
+    if job is not None and args.output == "text":
+        sys.stdout.write(f"job {job['id']} {job['state']}: moving its instances away\n")
+        sys.stdout.flush()
+        if not args.no_wait:
+            return watch_job(client, job["id"])
     return 0
+
+
+def _failover(args: argparse.Namespace, client: ApiClient) -> int:
+    body = {"reason": args.reason, "force": True if args.force else None}
+    job = client.request(
+        "POST", f"/v1/nodes/{args.name}/failover", {k: v for k, v in body.items() if v} or None
+    )
+    sys.stdout.write(f"job {job['id']} {job['state']}\n")
+    sys.stdout.flush()
+    return 0 if args.no_wait else watch_job(client, job["id"])
