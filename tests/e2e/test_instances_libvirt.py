@@ -1,0 +1,176 @@
+"""cloudctl against two real libvirtd (QEMU driver, TCG) as hardware nodes: `instance start`
+places a diskless guest, `instance migrate` moves it live while a pinger runs every 50 ms,
+`node drain` empties a node, and a migration that times out or whose destination dies leaves
+the guest running, and recorded, on its source."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import netlab
+from tests.conftest import Daemon, write_config
+from tests.guestkernel import guest_kernel
+from tests.guestnet import Pinger, kernel_append, pingable_initramfs
+from tests.libvirtlab import LIBVIRTD, LibvirtHost, segment
+from tests.netlab import Lab
+
+pytestmark = [
+    *netlab.needs_root,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(LIBVIRTD).exists(), reason=f"{LIBVIRTD} is not installed"),
+]
+
+SUBNET = "10.78.0.0/24"
+HN1, HN2 = "10.78.0.11", "10.78.0.12"
+GUEST_ADDR = "10.78.0.100"
+
+
+def _config(directory: Path, **hypervisor) -> Path:
+    return write_config(
+        directory,
+        subnet=SUBNET,
+        hypervisor={
+            "uri": "qemu+tcp://{ip}/system",
+            "flavour": "qemu",
+            "bridge": "br0",
+            "migration_uri": "tcp://{ip}:49152",
+            "poll_interval": 2,
+            "connect_timeout": 30,
+            **hypervisor,
+        },
+    )
+
+
+def _job_until(daemon: Daemon, job_id: int, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = daemon.api("GET", f"/v1/jobs/{job_id}")
+        if predicate(job):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never got there: {job}")
+
+
+def _where(host: LibvirtHost) -> list[str]:
+    conn = host.connect()
+    try:
+        return [d.name() for d in conn.listAllDomains() if d.isActive()]
+    finally:
+        conn.close()
+
+
+def test_start_migrate_drain_and_failed_migrations(short_tmp):
+    kernel = guest_kernel()
+    with Lab() as lab:
+        seg = segment(lab, SUBNET)
+        hn1 = LibvirtHost(lab, seg, "hn1", HN1).start()
+        hn2 = LibvirtHost(lab, seg, "hn2", HN2).start()
+        initrd = pingable_initramfs(kernel, lab.workdir / "initrd.gz")
+        daemon = Daemon(short_tmp, _config(short_tmp), netns=seg.ns)
+        daemon.start()
+        try:
+            for i, (name, ip) in enumerate((("hn1", HN1), ("hn2", HN2))):
+                daemon.cli(
+                    "node",
+                    "add",
+                    "--mac",
+                    f"52:54:00:78:00:0{i}",
+                    "--role",
+                    "hnode",
+                    "--name",
+                    name,
+                    "--ip",
+                    ip,
+                )
+            daemon.cli(
+                "image", "import", "guest", "--kernel", str(kernel.vmlinux), "--initrd", str(initrd)
+            )
+            daemon.cli(
+                "profile",
+                "set",
+                "instance",
+                "--image",
+                "guest",
+                "--cmdline",
+                kernel_append(f"{GUEST_ADDR}/24"),
+            )
+            deadline = time.monotonic() + 60
+            while sum(h["reachable"] for h in daemon.api("GET", "/v1/hosts")["hosts"]) < 2:
+                assert time.monotonic() < deadline, daemon.api("GET", "/v1/hosts")
+                time.sleep(0.5)
+
+            out = daemon.cli(
+                "instance", "start", "g1", "--memory", "128", "--vcpus", "1", "--node", "hn1"
+            )
+            assert "g1 runs on hn1" in out.stdout
+            assert _where(hn1) == ["g1"] and _where(hn2) == []
+            with Pinger(lab, seg.ns, GUEST_ADDR) as booted:
+                booted.wait_reply(timeout=90)
+            with Pinger(lab, seg.ns, GUEST_ADDR) as pinger:
+                pinger.wait_reply(timeout=10)
+                begun = time.monotonic()
+                out = daemon.cli("instance", "migrate", "g1")  # the scheduler picks hn2
+                took = time.monotonic() - begun
+                pinger.wait_reply(timeout=10)
+            stats = pinger.stats()
+            assert "g1 runs on hn2" in out.stdout
+            assert daemon.cli_json("instance", "show", "g1")["node"] == "hn2"
+            assert _where(hn2) == ["g1"] and _where(hn1) == []
+            report = [
+                f"cloudctl instance migrate: {took:.1f} s, {stats.sent} pings, "
+                f"{stats.lost} lost, longest gap {stats.longest_gap * 1000:.0f} ms"
+            ]
+            assert stats.longest_gap < 2.0, report
+
+            out = daemon.cli("node", "drain", "hn2")
+            assert "g1 runs on hn1" in out.stdout and out.stdout.rstrip().endswith("succeeded")
+            assert _where(hn1) == ["g1"] and _where(hn2) == []
+            daemon.cli("node", "undrain", "hn2")
+
+            # Slow the copy down (8 MiB/s): the destination dies while memory is on the wire.
+            daemon.stop()
+            daemon.config = _config(short_tmp, bandwidth_mib=8, migration_timeout=120)
+            daemon.start()
+            assert daemon.cli_json("instance", "show", "g1")["state"] == "running"
+            answer = daemon.api("POST", "/v1/instances/g1/migrate", {"to": "hn2"})
+            copying = _job_until(
+                daemon,
+                answer["id"],
+                lambda j: (
+                    any("MiB left" in p["line"] for p in j["progress"])
+                    or j["state"] not in ("queued", "running")
+                ),
+            )
+            assert copying["state"] == "running", copying  # progress lines came first
+            bar = [p["line"] for p in copying["progress"] if "MiB left" in p["line"]][-1]
+            assert bar.startswith("[") and "%" in bar and "MiB/s" in bar
+            with Pinger(lab, seg.ns, GUEST_ADDR) as pinger:
+                hn2.crash()
+                job = _job_until(daemon, answer["id"], lambda j: j["state"] != "running")
+                pinger.wait_reply(timeout=10)
+            assert job["state"] == "failed" and "keeps running on hn1" in job["error"], job
+            shown = daemon.cli_json("instance", "show", "g1")
+            assert (shown["state"], shown["node"]) == ("running", "hn1")
+            assert _where(hn1) == ["g1"]
+            report.append(f"destination killed mid-migration: {job['error']}")
+
+            # A migration slower than migration_timeout is aborted; the guest stays.
+            hn2.start()
+            daemon.stop()
+            daemon.config = _config(short_tmp, bandwidth_mib=1, migration_timeout=3)
+            daemon.start()
+            with Pinger(lab, seg.ns, GUEST_ADDR) as pinger:
+                out = daemon.cli("instance", "migrate", "g1", "--to", "hn2", check=False)
+                pinger.wait_reply(timeout=10)
+            assert out.returncode == 1 and "did not finish within 3 s: aborted" in out.stdout
+            assert daemon.cli_json("instance", "show", "g1")["node"] == "hn1"
+            assert _where(hn1) == ["g1"] and _where(hn2) == []
+            report.append(f"timeout: {pinger.stats().lost} pings lost while aborting")
+            print("\n" + "\n".join(report))
+            daemon.cli("instance", "destroy", "g1")
+            assert _where(hn1) == []
+        finally:
+            daemon.stop()
