@@ -69,6 +69,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
     app = App(config, store, runner)
     app.storage = coordinator
     app.hypervisors = hypervisors
+    coordinator.hypervisors, coordinator.mover = hypervisors, mover
     app.reconciler = reconciler
 
     async def failover(node: str) -> None:

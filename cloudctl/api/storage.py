@@ -16,7 +16,8 @@ from cloudctl.api.base import App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
 from cloudctl.inventory import InventoryError, parse_size
 from cloudctl.jobs import JobContext, JobError, JobKind
-from cloudctl.state import NotFound, StateStore
+from cloudctl.state import Conflict, NotFound, StateStore
+from cloudctl.state.store import Change
 
 _VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 AGENT_WAIT_SECONDS = 60.0
@@ -29,6 +30,9 @@ class StorageCoordinator:
         self.store = store
         self.reports: dict[str, tuple[float, frozenset[str]]] = {}
         self._changed = asyncio.Event()
+        # Set by the daemon: instances move off a storage node's paths before it goes.
+        self.hypervisors: Any = None
+        self.mover: Any = None
 
     def report(self, snode: str, devices: frozenset[str]) -> None:
         self.reports[snode] = (time.time(), devices)
@@ -54,8 +58,30 @@ class StorageCoordinator:
             f"e{e.shelf}.{e.slot}" for e in self.store.exports_for(snode) if e.exported
         )
 
+    async def _move_instances_first(self, ctx: JobContext, snode: str, moves: list) -> list[str]:
+        """Live-migrate the instances that would lose their last storage path, then record the
+        maintenance (which the store still refuses if a volume would lose its last leg)."""
+        for name, target in moves:
+            await ctx.progress(f"{name} would lose its last path to its storage: moving it first")
+            await self.mover.migrate(ctx, name, target)
+        plan = self.hypervisors.storage_plan(snode)
+        if plan.moves or plan.stuck:
+            unsafe = [m.instance for m in plan.moves] + [name for name, _ in plan.stuck]
+            raise JobError(
+                f"instances are still unsafe without {snode}: {', '.join(unsafe)}; "
+                "nothing was taken out of service"
+            )
+        return await self.store.start_storage_maintenance(
+            snode, Change(ctx.job.actor, ctx.job.reason)
+        )
+
     async def _maintenance_job(self, ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
         snode, entering = params["snode"], params["entering"]
+        if params.get("moves"):
+            params = {
+                **params,
+                "volumes": await self._move_instances_first(ctx, snode, params["moves"]),
+            }
         wanted = self.wanted(snode)
         verb = "stop exporting" if entering else "export again"
         await ctx.progress(
@@ -212,11 +238,26 @@ async def maintenance(app: App, request: Request) -> Any:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
         raise HttpError(400, "timeout must be a number of seconds from 1 to 3600")
     change = request.change()
-    if entering:
+    moves: list[list[str]] = []
+    if entering and app.storage.hypervisors is not None:
+        plan = app.storage.hypervisors.storage_plan(snode)
+        if plan.stuck:
+            why = "; ".join(f"{name}: {reason}" for name, reason in plan.stuck)
+            raise Conflict(f"{snode} cannot go: instances would lose their storage: {why}")
+        moves = [[m.instance, m.target] for m in plan.moves]
+    if moves:
+        volumes: list[str] = []  # the job records the maintenance once the instances are safe
+    elif entering:
         volumes = await app.store.start_storage_maintenance(snode, change)
     else:
         volumes = await app.store.finish_storage_maintenance(snode, change)
-    params = {"snode": snode, "entering": entering, "volumes": volumes, "timeout": float(timeout)}
+    params = {
+        "snode": snode,
+        "entering": entering,
+        "volumes": volumes,
+        "timeout": float(timeout),
+        "moves": moves,
+    }
     return (await app.runner.submit("storage-maintenance", params, change)).to_json()
 
 

@@ -80,6 +80,12 @@ class Hypervisors:
             return frozenset()
         return frozenset(leg.snode for leg in volume.legs if leg.state == "active")
 
+    def reachable_storage(self, hnode: str, in_service: frozenset[str]) -> frozenset[str]:
+        """Storage nodes `hnode` has a path to. AoE is layer 2 and cloudctl serves one segment,
+        so every node reaches every storage node in service; a cloud cabled as several storage
+        segments would answer per node here."""
+        return in_service
+
     def snapshot(self) -> scheduler.Snapshot:
         down = set(self.store.storage_in_maintenance())
         snodes = frozenset(
@@ -96,8 +102,7 @@ class Hypervisors:
                     vcpus=info.vcpus if info else 0,
                     drained=node.state is NodeState.DRAINED,
                     reachable=bool(link is not None and link.reachable and info),
-                    # One storage segment: every node reaches every storage node in service.
-                    storage=snodes,
+                    storage=self.reachable_storage(node.name, snodes),
                 )
             )
         names = {h.name for h in hosts}
@@ -128,6 +133,10 @@ class Hypervisors:
                     )
                 )
         return scheduler.Snapshot(hosts=tuple(hosts), instances=tuple(instances))
+
+    def storage_plan(self, snode: str) -> scheduler.Plan:
+        """Instances that would lose their last storage path without `snode`, and where to."""
+        return scheduler.plan_storage_maintenance(self.snapshot(), snode, self.hv.policy)
 
     def request_for(self, instance: Instance, host: str | None = None) -> scheduler.Request:
         return scheduler.Request(

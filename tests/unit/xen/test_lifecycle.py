@@ -285,3 +285,69 @@ def test_unknown_pinned_node_is_a_clear_failure(tmp_path, bad):
             await cloud.close()
 
     asyncio.run(go())
+
+
+@scenario
+async def test_storage_maintenance_moves_instances_that_would_lose_their_last_path(cloud):
+    from cloudctl.api.storage import StorageCoordinator
+
+    pool = AddressPool(
+        subnet=ipaddress.IPv4Network("10.20.0.0/24"),
+        dynamic_first=ipaddress.IPv4Address("10.20.0.200"),
+        dynamic_last=ipaddress.IPv4Address("10.20.0.250"),
+        reserved=frozenset(),
+    )
+    for i in (1, 2):
+        await cloud.store.add_node(
+            NodeRequest(f"52:54:00:bb:00:0{i}", Role.SNODE, name=f"sn{i}"), pool, WHO
+        )
+    await cloud.store.create_volume("data", 1 << 30, ["sn1", "sn2"], None, WHO)
+    # Two storage segments: hn1 is cabled to sn1 only, hn2 to both.
+    paths = {"hn1": {"sn1"}, "hn2": {"sn1", "sn2"}}
+    cloud.hv.reachable_storage = lambda node, in_service: frozenset(
+        paths.get(node, set()) & in_service
+    )
+    now = time.time()
+    await cloud.store.create_instance(
+        Instance(
+            "db",
+            _uuid("db"),
+            "52:54:00:cc:01:01",
+            512,
+            1,
+            None,
+            InstanceState.STOPPED,
+            None,
+            "instance",
+            "data",
+            now,
+            now,
+        ),
+        WHO,
+    )
+    await cloud.run("instance-start", name="db", node="hn1")
+    assert cloud.store.get_volume("data").assigned == ("hn1",)  # its exports admit hn1
+    plan = cloud.hv.storage_plan("sn1")
+    assert [(m.instance, m.source, m.target) for m in plan.moves] == [("db", "hn1", "hn2")]
+    assert cloud.hv.storage_plan("sn2").moves == ()  # hn1 keeps its path through sn1
+    # The move is attempted first; the test driver cannot migrate, so nothing goes out of
+    # service and the instance stays where it was.
+    coordinator = StorageCoordinator(cloud.store)
+    coordinator.hypervisors, coordinator.mover = cloud.hv, cloud.mover
+    cloud.runner.kinds["storage-maintenance"] = coordinator.job_kind()
+    job = await cloud.run(
+        "storage-maintenance",
+        snode="sn1",
+        entering=True,
+        volumes=[],
+        timeout=5.0,
+        moves=[["db", "hn2"]],
+    )
+    assert job.state is JobState.FAILED and "migration of db to hn2 failed" in job.error
+    assert cloud.store.storage_in_maintenance() == []
+    db = cloud.store.get_instance("db")
+    assert (db.state, db.node) == (InstanceState.RUNNING, "hn1")
+    # With hn2 drained nowhere keeps a path: the plan says so before anything moves.
+    await cloud.store.set_drained("hn2", True, WHO)
+    plan = cloud.hv.storage_plan("sn1")
+    assert plan.moves == () and [name for name, _ in plan.stuck] == ["db"]
