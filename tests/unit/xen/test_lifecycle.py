@@ -351,3 +351,31 @@ async def test_storage_maintenance_moves_instances_that_would_lose_their_last_pa
     await cloud.store.set_drained("hn2", True, WHO)
     plan = cloud.hv.storage_plan("sn1")
     assert plan.moves == () and [name for name, _ in plan.stuck] == ["db"]
+
+
+@scenario
+async def test_automatic_failover_after_failover_after_seconds(cloud):
+    import dataclasses
+
+    cloud.hv.hv = dataclasses.replace(cloud.hv.hv, failover=True, failover_after=30)
+    submitted = []
+
+    async def failover(node: str) -> None:
+        submitted.append(await cloud.runner.submit("node-failover", {"node": node}, WHO))
+
+    cloud.reconciler.failover = failover
+    await cloud.create("web1")
+    await cloud.run("instance-start", name="web1")
+    (cloud.tmp / "hn1.xml").unlink()
+    cloud.pool.links["hn1"].close()
+    await cloud.reconciler.poll()
+    assert submitted == []  # unreachable, but not for failover_after seconds yet
+    cloud.pool.links["hn1"].changed_at -= 31
+    await cloud.reconciler.poll()
+    (job,) = submitted
+    while not (job := cloud.store.get_job(job.id)).state.finished:
+        await asyncio.sleep(0.01)
+    assert job.state is JobState.SUCCEEDED, job.error
+    assert cloud.store.get_instance("web1").node == "hn2"
+    await cloud.reconciler.poll()
+    assert len(submitted) == 1  # nothing left on hn1: no second failover
