@@ -88,6 +88,7 @@ class BootConfig:
     tftp_max_transfers: int
     tftp_max_per_client: int
     tftp_max_windowsize: int
+    tftp_workers: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class HypervisorConfig:
     drain_parallel: int
     failover: bool  # restart a dead node's instances elsewhere without being asked
     failover_after: int
+    # The path of an instance's volume on its node: {volume} name, {device} its first AoE leg.
+    # None: /dev/md/{volume} when mirrored, /dev/etherd/{device} when not.
+    volume_device: str | None
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,16 @@ def _template(value: Any) -> str:
     return text
 
 
+def _volume_device(value: Any) -> str:
+    text = _string(value)
+    fields = set(re.findall(r"\{(\w*)\}", text))
+    if not fields or not fields <= {"volume", "device"}:
+        raise ValueError("must be an absolute path with {volume} or {device} in it")
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, got {text!r}")
+    return text
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         if value not in choices:
@@ -387,6 +401,7 @@ def _load_hypervisor(hv: _Section) -> HypervisorConfig:
         drain_parallel=hv.value("drain_parallel", _whole(1, 64), 2),
         failover=hv.value("failover", _bool, False),
         failover_after=hv.value("failover_after", _whole(10, 86400, "seconds"), 60),
+        volume_device=hv.value("volume_device", _volume_device, None),
     )
     hv.finish()
     return config
@@ -422,6 +437,7 @@ def load_config(path: Path | str) -> Config:
         tftp_max_transfers=boot.value("tftp_max_transfers", _whole(1, 100_000), 512),
         tftp_max_per_client=boot.value("tftp_max_per_client", _whole(1, 1000), 4),
         tftp_max_windowsize=boot.value("tftp_max_windowsize", _whole(1, 65535), 64),
+        tftp_workers=boot.value("tftp_workers", _whole(0, 256), 0),
     )
     boot.finish()
     network_config = _load_network(top.section("network"))

@@ -60,6 +60,15 @@ def parse_name(text: str) -> str:
     return text
 
 
+def parse_segment(text: str) -> str:
+    if not _NAME_RE.match(text):
+        raise InventoryError(
+            f"invalid storage segment {text!r}: use 1-63 lower-case letters, digits and '-', "
+            "starting with a letter"
+        )
+    return text
+
+
 def parse_role(text: str) -> Role:
     try:
         return Role(text)

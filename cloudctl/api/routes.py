@@ -7,7 +7,15 @@ from typing import Any
 from cloudctl import __version__
 from cloudctl.api.base import App, Request, Route, body_string, int_query
 from cloudctl.httpwire import HttpError
-from cloudctl.inventory import InventoryError, NodeState, Role, parse_mac, parse_name, parse_role
+from cloudctl.inventory import (
+    InventoryError,
+    NodeState,
+    Role,
+    parse_mac,
+    parse_name,
+    parse_role,
+    parse_segment,
+)
 from cloudctl.state import NotFound
 from cloudctl.state.store import NodeRequest
 
@@ -30,21 +38,27 @@ async def list_nodes(app: App, request: Request) -> Any:
     return {"nodes": [node.to_json() for node in nodes]}
 
 
+def _segment(body: dict) -> str | None:
+    segment = body_string(body, "segment")
+    return parse_segment(segment) if segment is not None else None
+
+
 async def add_node(app: App, request: Request) -> Any:
-    body = request.fields(required=("mac", "role"), optional=("name", "ip", "reason"))
+    body = request.fields(required=("mac", "role"), optional=("name", "ip", "segment", "reason"))
     name, ip = body_string(body, "name"), body_string(body, "ip")
     node_request = NodeRequest(
         mac=parse_mac(body_string(body, "mac") or ""),
         role=parse_role(body_string(body, "role") or ""),
         name=parse_name(name) if name is not None else None,
         ip=app.pool.check_fixed(ip) if ip is not None else None,
+        segment=_segment(body),
     )
     node = await app.store.add_node(node_request, app.pool, request.change())
     return node.to_json()
 
 
 async def accept_node(app: App, request: Request) -> Any:
-    body = request.fields(required=("role",), optional=("name", "ip", "reason"))
+    body = request.fields(required=("role",), optional=("name", "ip", "segment", "reason"))
     mac = parse_mac(request.path_params["mac"])
     name, ip = body_string(body, "name"), body_string(body, "ip")
     node_request = NodeRequest(
@@ -52,6 +66,7 @@ async def accept_node(app: App, request: Request) -> Any:
         role=parse_role(body_string(body, "role") or ""),
         name=parse_name(name) if name is not None else None,
         ip=app.pool.check_fixed(ip) if ip is not None else None,
+        segment=_segment(body),
     )
     return (await app.store.accept_node(mac, node_request, app.pool, request.change())).to_json()
 
@@ -196,6 +211,7 @@ ROUTES: tuple[Route, ...] = (
                 "role": {"type": "string", "enum": [r.value for r in Role]},
                 "name": {"type": "string"},
                 "ip": {"type": "string", "format": "ipv4"},
+                "segment": {"type": "string"},
                 **_REASON,
             },
             "additionalProperties": False,
@@ -215,6 +231,7 @@ ROUTES: tuple[Route, ...] = (
                 "role": {"type": "string", "enum": [r.value for r in Role]},
                 "name": {"type": "string"},
                 "ip": {"type": "string", "format": "ipv4"},
+                "segment": {"type": "string"},
                 **_REASON,
             },
             "additionalProperties": False,

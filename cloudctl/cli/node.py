@@ -9,7 +9,13 @@ from cloudctl.cli.client import ApiClient
 from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import print_fields, print_json, print_table
 
-_FIELDS = ("name", "mac", "role", "ip", "state", "created_at", "updated_at")
+_FIELDS = ("name", "mac", "role", "ip", "state", "segment", "created_at", "updated_at")
+
+
+_SEGMENT_HELP = (
+    "storage segment (switch): a hardware node reaches the storage nodes of its segment and "
+    "those without one; default: none (reaches all)"
+)
 
 
 def register(nouns: argparse._SubParsersAction) -> None:
@@ -21,6 +27,7 @@ def register(nouns: argparse._SubParsersAction) -> None:
     add.add_argument("--role", required=True, choices=("hnode", "snode"))
     add.add_argument("--name", help="default: next free hnN / snN")
     add.add_argument("--ip", help="fixed address; default: next free one outside the dynamic range")
+    add.add_argument("--segment", help=_SEGMENT_HELP)
     add.add_argument("-o", "--output", choices=("text", "json"), default="text")
     _reason(add)
     add.set_defaults(run=_add)
@@ -29,6 +36,7 @@ def register(nouns: argparse._SubParsersAction) -> None:
     accept.add_argument("mac")
     accept.add_argument("--role", required=True, choices=("hnode", "snode"))
     accept.add_argument("--name", help="default: next free hnN / snN")
+    accept.add_argument("--segment", help=_SEGMENT_HELP)
     accept.add_argument(
         "--ip", help="fixed address; default: next free one outside the dynamic range"
     )
@@ -89,6 +97,7 @@ def _add(args: argparse.Namespace, client: ApiClient) -> int:
         "role": args.role,
         "name": args.name,
         "ip": args.ip,
+        "segment": args.segment,
         "reason": args.reason,
     }
     node = client.request("POST", "/v1/nodes", {k: v for k, v in body.items() if v is not None})
@@ -97,7 +106,13 @@ def _add(args: argparse.Namespace, client: ApiClient) -> int:
 
 
 def _accept(args: argparse.Namespace, client: ApiClient) -> int:
-    body = {"role": args.role, "name": args.name, "ip": args.ip, "reason": args.reason}
+    body = {
+        "role": args.role,
+        "name": args.name,
+        "ip": args.ip,
+        "segment": args.segment,
+        "reason": args.reason,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     _print_node(client.request("POST", f"/v1/nodes/{args.mac}/accept", body), args.output)
     return 0

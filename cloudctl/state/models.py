@@ -19,6 +19,7 @@ class Node:
     state: NodeState
     created_at: float
     updated_at: float
+    segment: str | None = None  # storage segment (AoE is layer 2): which snodes an hnode reaches
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -27,6 +28,7 @@ class Node:
             "role": self.role.value if self.role else None,
             "ip": str(self.ip) if self.ip else None,
             "state": self.state.value,
+            "segment": self.segment,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -157,6 +157,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX instances_by_node ON instances (node);
     CREATE INDEX instances_by_volume ON instances (volume);
     """,
+    # 6: storage segments: a hardware node with a segment reaches the storage nodes of that
+    # segment and those without one (on the core switch); without one it reaches them all.
+    """
+    ALTER TABLE nodes ADD COLUMN segment TEXT;
+    """,
 )
 
 

@@ -27,7 +27,7 @@ from cloudctl.state.sqlite_storage import StorageRecords
 from cloudctl.state.store import Change, NodeRequest, StateStore
 from cloudctl.state.writer import GroupCommitWriter, WriteOp
 
-_NODE_COLUMNS = "name, mac, role, ip, state, created_at, updated_at"
+_NODE_COLUMNS = "name, mac, role, ip, state, created_at, updated_at, segment"
 _LEASE_COLUMNS = "mac, ip, expires, hostname, updated_at"
 _JOB_COLUMNS = (
     "id, kind, state, params, result, error, actor, reason, created_at, started_at, finished_at"
@@ -45,8 +45,9 @@ def _connect(path: Path, *, for_thread: bool = False) -> sqlite3.Connection:
 
 
 def _node(row: tuple) -> Node:
-    name, mac, role, ip, state, created_at, updated_at = row
+    name, mac, role, ip, state, created_at, updated_at, segment = row
     return Node(
+        segment=segment,
         name=name,
         mac=mac,
         role=Role(role) if role else None,
@@ -218,9 +219,9 @@ class SqliteStore(BootRecords, StorageRecords, InstanceRecords, StateStore):
             name, ip = _allocate(conn, request, pool)
             now = time.time()
             conn.execute(
-                "INSERT INTO nodes (name, mac, role, ip, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'registered', ?, ?)",
-                (name, request.mac, request.role.value, ip, now, now),
+                "INSERT INTO nodes (name, mac, role, ip, state, created_at, updated_at, segment) "
+                "VALUES (?, ?, ?, ?, 'registered', ?, ?, ?)",
+                (name, request.mac, request.role.value, ip, now, now, request.segment),
             )
             node = _node(_node_row(conn, name))
             record_audit(
@@ -302,9 +303,9 @@ class SqliteStore(BootRecords, StorageRecords, InstanceRecords, StateStore):
                 raise Conflict(f"MAC {mac} is already registered as node {row[0]}")
             name, ip = _allocate(conn, request, pool)
             conn.execute(
-                "UPDATE nodes SET name = ?, role = ?, ip = ?, state = 'registered', updated_at = ? "
-                "WHERE mac = ?",
-                (name, request.role.value, ip, time.time(), mac),
+                "UPDATE nodes SET name = ?, role = ?, ip = ?, state = 'registered', "
+                "updated_at = ?, segment = ? WHERE mac = ?",
+                (name, request.role.value, ip, time.time(), request.segment, mac),
             )
             node = _node(_node_row(conn, name))
             record_audit(

@@ -45,6 +45,7 @@ class NodeRequest:
     role: Role
     name: str | None = None
     ip: ipaddress.IPv4Address | None = None
+    segment: str | None = None
 
 
 class StateStore(ABC):

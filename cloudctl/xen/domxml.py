@@ -148,12 +148,17 @@ class Disk:
     source: str
     target: str
     readonly: bool = False
+    # A file another host opens after a migration must bypass the host page cache too; the
+    # default stays because O_DIRECT fails on tmpfs. Block devices always bypass it (qemu).
+    shared: bool = False
 
     def __post_init__(self) -> None:
         _check_abs_path(self.source, "disk source")
         _check_text(self.target, "disk target")
         if not isinstance(self.readonly, bool):
             raise DomainSpecError(f"disk readonly must be a bool, got {self.readonly!r}")
+        if not isinstance(self.shared, bool):
+            raise DomainSpecError(f"disk shared must be a bool, got {self.shared!r}")
 
     @property
     def is_block(self) -> bool:
@@ -401,6 +406,9 @@ def _add_disk(devices: ET.Element, spec: InstanceSpec, disk: Disk) -> None:
         # Another host opens the same md volume after a migration or failover; bypassing the
         # host page cache keeps it from serving pages the guest has since overwritten.
         _sub(element, "driver", name="qemu", type="raw", cache="none", io="native")
+        bus = "virtio"
+    elif disk.shared:
+        _sub(element, "driver", name="qemu", type="raw", cache="none")
         bus = "virtio"
     else:
         # Default cache: O_DIRECT (cache='none') fails for image files on tmpfs (Linux < 6.6).

@@ -81,10 +81,17 @@ class Hypervisors:
         return frozenset(leg.snode for leg in volume.legs if leg.state == "active")
 
     def reachable_storage(self, hnode: str, in_service: frozenset[str]) -> frozenset[str]:
-        """Storage nodes `hnode` has a path to. AoE is layer 2 and cloudctl serves one segment,
-        so every node reaches every storage node in service; a cloud cabled as several storage
-        segments would answer per node here."""
-        return in_service
+        """Storage nodes `hnode` has a path to. AoE is layer 2: a node reaches the storage
+        nodes of its segment and those without one; a node without a segment reaches all."""
+        node = self.store.get_node(hnode)
+        segment = node.segment if node is not None else None
+        if segment is None:
+            return in_service
+        return frozenset(
+            sn.name
+            for sn in self.store.list_nodes(role=Role.SNODE)
+            if sn.name in in_service and sn.segment in (None, segment)
+        )
 
     def snapshot(self) -> scheduler.Snapshot:
         down = set(self.store.storage_in_maintenance())
@@ -189,7 +196,8 @@ class Hypervisors:
             )
         disks: tuple[Disk, ...] = ()
         if instance.volume is not None:
-            disks = (Disk(self.volume_device(instance.volume), self.disk_target()),)
+            # Shared: after a migration or failover another node opens the same volume.
+            disks = (Disk(self.volume_device(instance.volume), self.disk_target(), shared=True),)
         try:
             return InstanceSpec(
                 name=instance.name,
@@ -216,8 +224,12 @@ class Hypervisors:
     def volume_device(self, name: str) -> str:
         """The block device a hardware node gives the instance: its md mirror or AoE leg."""
         volume = self.store.get_volume(name)
-        if volume is not None and not volume.mirrored and volume.legs:
-            return f"/dev/etherd/{volume.legs[0].device}"
+        device = volume.legs[0].device if volume is not None and volume.legs else ""
+        template = self.hv.volume_device
+        if template is not None:
+            return template.replace("{volume}", name).replace("{device}", device)
+        if volume is not None and not volume.mirrored and device:
+            return f"/dev/etherd/{device}"
         return f"/dev/md/{name}"
 
     def disk_target(self) -> str:

@@ -5,6 +5,11 @@ the guest running, and recorded, on its source."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from tests import netlab
 from tests.conftest import Daemon, write_config
 from tests.guestkernel import guest_kernel
 from tests.guestnet import Pinger, kernel_append, pingable_initramfs
+from tests.integration.test_daemon_storage_cli import _agent
 from tests.libvirtlab import LIBVIRTD, LibvirtHost, segment
 from tests.netlab import Lab
 
@@ -173,4 +179,115 @@ def test_start_migrate_drain_and_failed_migrations(short_tmp):
             daemon.cli("instance", "destroy", "g1")
             assert _where(hn1) == []
         finally:
+            daemon.stop()
+
+
+@contextlib.contextmanager
+def _block_volume(image: Path, name: str):
+    """The lab's stand-in for /dev/md/NAME: a loop device over a file, linked from a directory
+    of our own under /dev. A block device with cache=none is what libvirt accepts as shared
+    storage for live migration (an image file on a local filesystem it refuses as unsafe)."""
+    with image.open("wb") as f:
+        f.truncate(64 << 20)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    links = Path(f"/dev/cclab-{os.getpid()}")
+    try:
+        links.mkdir(exist_ok=True)
+        (links / name).symlink_to(loop)
+        yield links
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+        subprocess.run(["losetup", "--detach", loop], check=False)
+
+
+def test_storage_maintenance_migrates_instances_that_would_lose_their_storage(short_tmp):
+    """hn1 is cabled to storage segment rack-a only; taking rack-a's sn1 out of service would
+    leave its instance without a path to its mirror, so it moves live to hn2 first."""
+    kernel = guest_kernel()
+    with Lab() as lab, _block_volume(short_tmp / "data.img", "data") as volumes:
+        seg = segment(lab, SUBNET)
+        hn1 = LibvirtHost(lab, seg, "hn1", HN1).start()
+        hn2 = LibvirtHost(lab, seg, "hn2", HN2).start()
+        initrd = pingable_initramfs(kernel, lab.workdir / "initrd.gz")
+        config = _config(short_tmp, volume_device=f"{volumes}/{{volume}}")
+        daemon = Daemon(short_tmp, config, netns=seg.ns)
+        daemon.start()
+        stop = threading.Event()
+        agents = []
+        try:
+            for i, (role, name, ip, seg_name) in enumerate(
+                [
+                    ("hnode", "hn1", HN1, "rack-a"),
+                    ("hnode", "hn2", HN2, None),
+                    ("snode", "sn1", None, "rack-a"),
+                    ("snode", "sn2", None, "rack-b"),
+                ]
+            ):
+                args = ["node", "add", "--mac", f"52:54:00:78:01:0{i}", "--role", role]
+                args += ["--name", name] + (["--ip", ip] if ip else [])
+                args += ["--segment", seg_name] if seg_name else []
+                daemon.cli(*args)
+            daemon.cli("volume", "create", "data", "--size", "64M", "--mirror", "sn1,sn2")
+            for snode in ("sn1", "sn2"):
+                agents.append(threading.Thread(target=_agent, args=(daemon, snode, stop)))
+                agents[-1].start()
+            daemon.cli(
+                "image", "import", "guest", "--kernel", str(kernel.vmlinux), "--initrd", str(initrd)
+            )
+            daemon.cli(
+                "profile",
+                "set",
+                "instance",
+                "--image",
+                "guest",
+                "--cmdline",
+                kernel_append(f"{GUEST_ADDR}/24"),
+            )
+            deadline = time.monotonic() + 60
+            while sum(h["reachable"] for h in daemon.api("GET", "/v1/hosts")["hosts"]) < 2:
+                assert time.monotonic() < deadline, daemon.api("GET", "/v1/hosts")
+                time.sleep(0.5)
+            daemon.cli(
+                "instance",
+                "start",
+                "g1",
+                "--memory",
+                "128",
+                "--vcpus",
+                "1",
+                "--node",
+                "hn1",
+                "--volume",
+                "data",
+            )
+            assert _where(hn1) == ["g1"]
+            assert daemon.cli_json("volume", "show", "data")["assigned"] == ["hn1"]
+            with Pinger(lab, seg.ns, GUEST_ADDR) as booting:
+                booting.wait_reply(timeout=90)
+            with Pinger(lab, seg.ns, GUEST_ADDR) as pinger:
+                pinger.wait_reply(timeout=10)
+                out = daemon.cli("storage", "maintenance", "start", "sn1", check=False)
+                pinger.wait_reply(timeout=10)
+            stats = pinger.stats()
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert "g1 would lose its last path to its storage: moving it first" in out.stdout
+            assert "g1 runs on hn2" in out.stdout and out.stdout.rstrip().endswith("succeeded")
+            assert _where(hn2) == ["g1"] and _where(hn1) == []
+            assert daemon.cli_json("instance", "show", "g1")["node"] == "hn2"
+            assert daemon.cli_json("volume", "show", "data")["assigned"] == ["hn2"]
+            status = daemon.api("GET", "/v1/storage")
+            assert status["in_maintenance"] == ["sn1"]
+            assert stats.longest_gap < 2.0, stats
+            print(
+                f"\nstorage maintenance moved g1 first: {stats.sent} pings, {stats.lost} lost, "
+                f"longest gap {stats.longest_gap * 1000:.0f} ms"
+            )
+            daemon.cli("storage", "maintenance", "finish", "sn1")
+            daemon.cli("instance", "destroy", "g1")
+        finally:
+            stop.set()
+            for agent in agents:
+                agent.join(timeout=10)
             daemon.stop()

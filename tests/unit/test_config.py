@@ -115,6 +115,10 @@ def _delete(path: str):
             "hypervisor.uri: unknown placeholder {host}; use {name}, {ip} or {mac}",
         ),
         (_set("hypervisor.flavour", "kvm"), "hypervisor.flavour: must be one of xen, qemu"),
+        (
+            _set("hypervisor.volume_device", "/dev/md/{name}"),
+            "hypervisor.volume_device: must be an absolute path with {volume} or {device} in it",
+        ),
         (_set("hypervisor.policy", "random"), "hypervisor.policy: must be one of spread, pack"),
         (
             _set("hypervisor.failover_after", 1),

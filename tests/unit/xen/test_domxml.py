@@ -79,6 +79,12 @@ CASES: dict[str, InstanceSpec] = {
         console_log="/var/log/cloudctl/qemu-hvm-kernel.console",
         disks=(Disk("/dev/md/vol1", "vda"), Disk("/var/lib/cloudctl/scratch.img", "vdb")),
     ),
+    "qemu-shared-file": _case(
+        "qemu-shared-file",
+        flavour="qemu",
+        boot="hvm",
+        disks=(Disk("/srv/volumes/shared.img", "vda", shared=True),),
+    ),
     "qemu-hvm-pxe": _case(
         "qemu-hvm-pxe",
         flavour="qemu",
@@ -548,3 +554,10 @@ def test_device_errors(build: Callable[[], object], message: str) -> None:
 def test_errors_are_value_errors() -> None:
     # Callers that only know "bad input" (the API layer) can catch ValueError.
     assert issubclass(DomainSpecError, ValueError)
+
+
+def test_shared_image_files_bypass_the_host_page_cache() -> None:
+    (shared,) = _root(CASES["qemu-shared-file"]).iter("disk")
+    assert shared.find("driver").get("cache") == "none"  # another host opens it after migrating
+    private = [d for d in _root(CASES["qemu-hvm-kernel"]).iter("disk") if d.get("type") == "file"]
+    assert "cache" not in private[0].find("driver").attrib  # O_DIRECT fails on tmpfs

@@ -379,3 +379,30 @@ async def test_automatic_failover_after_failover_after_seconds(cloud):
     assert cloud.store.get_instance("web1").node == "hn2"
     await cloud.reconciler.poll()
     assert len(submitted) == 1  # nothing left on hn1: no second failover
+
+
+@scenario
+async def test_storage_segments_decide_which_storage_nodes_a_node_reaches(cloud):
+    pool = AddressPool(
+        subnet=ipaddress.IPv4Network("10.20.0.0/24"),
+        dynamic_first=ipaddress.IPv4Address("10.20.0.200"),
+        dynamic_last=ipaddress.IPv4Address("10.20.0.250"),
+        reserved=frozenset(),
+    )
+    for i, (role, name, segment) in enumerate(
+        [
+            (Role.SNODE, "sn1", "rack-a"),
+            (Role.SNODE, "sn2", "rack-b"),
+            (Role.SNODE, "sn3", None),
+            (Role.HNODE, "hn4", "rack-a"),
+        ]
+    ):
+        await cloud.store.add_node(
+            NodeRequest(f"52:54:00:dd:00:0{i}", role, name=name, segment=segment), pool, WHO
+        )
+    everything = frozenset({"sn1", "sn2", "sn3"})
+    assert cloud.hv.reachable_storage("hn4", everything) == {"sn1", "sn3"}
+    assert cloud.hv.reachable_storage("hn1", everything) == everything  # no segment: all
+    assert cloud.hv.reachable_storage("hn4", frozenset({"sn2", "sn3"})) == {"sn3"}
+    hosts = {h.name: h for h in cloud.hv.snapshot().hosts}
+    assert hosts["hn4"].storage == {"sn1", "sn3"} and hosts["hn1"].storage == everything
