@@ -87,14 +87,18 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     def deliver(setter: Callable, value: Any) -> None:
         if not future.done():
             setter(value)
+        elif isinstance(value, libvirt.virConnect):
+            # Opened after its caller gave up: nobody will use or close it.
+            threading.Thread(target=_close_quietly, args=(value,), daemon=True).start()
 
     def run() -> None:
         try:
-            value = fn()
+            outcome: tuple[Callable, Any] = (future.set_result, fn())
         except BaseException as exc:  # delivered to the caller, whatever it is
-            loop.call_soon_threadsafe(deliver, future.set_exception, exc)
-        else:
-            loop.call_soon_threadsafe(deliver, future.set_result, value)
+            outcome = (future.set_exception, exc)
+        # RuntimeError: the loop is gone (cloudctld stopped while this call hung).
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, *outcome)
 
     threading.Thread(target=run, name="libvirt-call", daemon=True).start()
     return await future
