@@ -8,8 +8,11 @@
 #   bash bench/tftp.sh                 as root, from anywhere; about 1-3 minutes
 #
 # Environment (all optional): TFTP_BENCH_ROUNDS (5: each round runs every server once, in
-# turn; the table shows each cell's median), TFTP_BENCH_SERVERS ("cloudctl in.tftpd dnsmasq"),
-# TFTP_BENCH_CLIENTS (50), TFTP_BENCH_KEEP=1 keeps the work directory with the server logs.
+# turn; the table shows each cell's median), TFTP_BENCH_SERVERS ("cloudctl cloudctl-w0 in.tftpd
+# dnsmasq"; cloudctl-wN is cloudctl with N transfer workers, cloudctl-w0 with none, as cloudctld
+# runs by default),
+# TFTP_BENCH_CLIENTS (50), TFTP_BENCH_KEEP=1 keeps the work directory with the server logs,
+# TFTP_BENCH_WORKERS (cloudctl's transfer worker processes; default: one per CPU, 0: none).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +21,9 @@ VENV_PY=${CLOUDCTL_PYTHON:-$ROOT/.venv/bin/python}
 HELPER=("$VENV_PY" "$HERE/tftp_storm.py")
 
 ROUNDS=${TFTP_BENCH_ROUNDS:-5}
-SERVERS=${TFTP_BENCH_SERVERS:-cloudctl in.tftpd dnsmasq}
+SERVERS=${TFTP_BENCH_SERVERS:-cloudctl cloudctl-w0 in.tftpd dnsmasq}
 CLIENTS=${TFTP_BENCH_CLIENTS:-50}
+WORKERS=${TFTP_BENCH_WORKERS:-$(nproc)}
 BIG_MIB=64
 STORM_MIB=4
 BLKSIZE=1468
@@ -144,10 +148,13 @@ start_server() {
     # PID stays the server's.
     local name=$1 log=$2
     case $name in
-        cloudctl)
-            # Standalone TftpServer (the transport cloudctld runs), caps at cloudctld's defaults.
+        cloudctl | cloudctl-w[0-9]*)
+            # Standalone TftpServer (the transport cloudctld runs), caps at cloudctld's defaults;
+            # cloudctl-wN runs it with N transfer workers (0: transfers on the event loop).
+            local workers=$WORKERS
+            [ "$name" = cloudctl ] || workers=${name#cloudctl-w}
             setsid ip netns exec "$NS_SRV" "${HELPER[@]}" serve --root "$WORK/tftp" \
-                --interface "$VETH_SRV" >"$log" 2>&1 &
+                --interface "$VETH_SRV" --workers "$workers" >"$log" 2>&1 &
             ;;
         in.tftpd)
             # -L: listen in the foreground; -s: chroot to the directory (files named relative).
@@ -161,7 +168,7 @@ start_server() {
                 --enable-tftp --tftp-root="$WORK/tftp" --tftp-max=200 \
                 --pid-file="$WORK/dnsmasq.pid" --log-facility="$log" >>"$log" 2>&1 &
             ;;
-        *) die "unknown server $name (cloudctl, in.tftpd, dnsmasq)" ;;
+        *) die "unknown server $name (cloudctl, cloudctl-wN, in.tftpd, dnsmasq)" ;;
     esac
     SERVER_PID=$!
     wait_udp69
@@ -186,13 +193,23 @@ fetch() {
 }
 
 cpu_ticks() {
-    # "USER SYSTEM" clock ticks a server process has used (fields 14 and 15 of stat, after the
-    # parenthesised name). in.tftpd's work happens in children it does not wait for, so its
-    # own figure stays 0 and is shown as n/a.
-    local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo "0 0"; return; }
-    stat=${stat##*) }
-    awk '{ print $12, $13 }' <<<"$stat"
+    # "USER SYSTEM" clock ticks used by a server and the processes of its process group
+    # (fields 14 and 15 of stat, after the parenthesised name; the group is field 5), plus
+    # the children it has reaped (16 and 17): cloudctl's transfer workers live in its group.
+    # in.tftpd's work happens in children that have exited unreaped by the time we look, so
+    # its figure stays 0 and is shown as n/a.
+    local stat user=0 sys=0 f
+    for f in /proc/[0-9]*/stat; do
+        stat=$(cat "$f" 2>/dev/null) || continue
+        stat=${stat##*) }
+        read -r -a fields <<<"$stat"
+        if [ "${f#/proc/}" = "$1/stat" ]; then
+            user=$((user + fields[11] + fields[13])); sys=$((sys + fields[12] + fields[14]))
+        elif [ "${fields[2]}" = "$1" ]; then
+            user=$((user + fields[11])); sys=$((sys + fields[12]))
+        fi
+    done
+    echo "$user $sys"
 }
 
 run_row() {
@@ -231,7 +248,7 @@ bench_server() {
     run_row "$name" storm --tool curl --file storm.bin --source "$WORK/tftp/storm.bin" \
         --blksize "$BLKSIZE" --clients "$CLIENTS" --bind-prefix "$STORM_PREFIX"
     stop_pid "$SERVER_PID"; SERVER_PID=""
-    if [ "$name" = cloudctl ]; then
+    if [ "${name%%-w*}" = cloudctl ]; then
         # What the server saw (retransmissions mean loss or a slow client), from its exit line.
         say "  cloudctl counters: $(grep -o "counters: .*" "$log" | tail -n 1 | cut -c 11-)"
     fi
@@ -286,7 +303,7 @@ main() {
     setup_network
     make_files
     say "namespaces $NS_CLI ($CLIENT_IP, clients) <-> $NS_SRV ($SERVER_IP, server), MTU 1500;"
-    say "$ROUNDS rounds of: $SERVERS"
+    say "$ROUNDS rounds of: $SERVERS (cloudctl with $WORKERS transfer workers)"
     local round server
     for round in $(seq "$ROUNDS"); do
         say "== round $round"

@@ -1,6 +1,6 @@
 """Helpers of bench/tftp.sh: run cloudctl's TFTP server standalone, and time N parallel fetches.
 
-  serve --root DIR --interface IF [--max-windowsize N]   TftpServer until SIGTERM
+  serve --root DIR --interface IF [--max-windowsize N] [--workers N]   TftpServer until SIGTERM
   fetch --tool curl|atftp --server IP --file NAME --clients N --blksize B [--windowsize W]
         --source PATH --out-dir DIR [--bind-prefix 10.78.1.]
         prints "BYTES SECONDS FAILED CLIENT_CPU_SECONDS" after checking every copy
@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import resource
 import signal
 import subprocess
@@ -36,6 +37,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_transfers=args.max_transfers,
         max_per_client=args.max_per_client,
         max_windowsize=args.max_windowsize,
+        workers=args.workers,
     )
     await server.start()
     stop = asyncio.Event()
@@ -115,6 +117,9 @@ def main() -> int:
     p.add_argument("--max-transfers", type=int, default=512)
     p.add_argument("--max-per-client", type=int, default=4)
     p.add_argument("--max-windowsize", type=int, default=64)
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="0: transfers on the event loop"
+    )
     p = sub.add_parser("fetch")
     p.add_argument("--tool", choices=("curl", "atftp"), required=True)
     p.add_argument("--server", required=True)

@@ -106,6 +106,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             max_transfers=config.boot.tftp_max_transfers,
             max_per_client=config.boot.tftp_max_per_client,
             max_windowsize=config.boot.tftp_max_windowsize,
+            workers=config.boot.tftp_workers,
         )
         services.append(tftp)
         app.counters["tftp"] = tftp.counters

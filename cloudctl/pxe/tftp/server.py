@@ -2,6 +2,8 @@
 
 Moves bytes and timers for `ReadSession` over files from `BootFiles`; refuses writes, traversal
 and load beyond the transfer caps with the matching ERROR packet. No protocol decisions here.
+With `workers` > 0 the transfers run in worker processes (workers.py) and this loop only
+answers requests, keeps the caps and counts what the workers report.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -18,7 +21,14 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudctl.pxe.bootfiles import BootFile, BootFileError, BootFiles, Refusal, RenderedFile
+from cloudctl.pxe.bootfiles import (
+    BootFile,
+    BootFileError,
+    BootFiles,
+    DiskFile,
+    Refusal,
+    RenderedFile,
+)
 from cloudctl.pxe.tftp.codec import (
     ErrorCode,
     ReadRequest,
@@ -27,6 +37,8 @@ from cloudctl.pxe.tftp.codec import (
     decode,
     encode_error,
 )
+from cloudctl.pxe.tftp.handoff import Handoff, Report
+from cloudctl.pxe.tftp.looptransfer import LoopTransfer
 from cloudctl.pxe.tftp.session import (
     BytesReader,
     FileReader,
@@ -35,15 +47,15 @@ from cloudctl.pxe.tftp.session import (
     TransferLimits,
     refuse_write,
 )
+from cloudctl.pxe.tftp.transport import ReadAhead, enable_gso, netascii
+from cloudctl.pxe.tftp.workers import WorkerPool, WorkerStartError
 
-__all__ = ["TftpServer", "TftpStartError"]
+__all__ = ["TftpServer", "TftpStartError", "netascii"]
 
 log = logging.getLogger(__name__)
 
 # Linux constants Python 3.11 does not export.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-SOL_UDP = getattr(socket, "SOL_UDP", 17)
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 DEFAULT_MTU = 1500  # assumed when no interface is given to read it from
@@ -52,23 +64,7 @@ LISTEN_RECEIVE_BUFFER = 1024 * 1024
 # RRQs read per wake-up of the listener: enough to drain a burst, bounded so that running
 # transfers are not starved while a flood of requests is being answered.
 LISTEN_BATCH = 64
-# Largest datagram a client legitimately sends on a transfer socket (an ACK is 4 bytes, an
-# ERROR a few dozen); anything longer is hostile and only needs to be seen as malformed.
-TRANSFER_RECEIVE_SIZE = 1024
-# Datagrams one transfer handles per wake-up before the others get their turn.
-TRANSFER_BURST = 64
-# With UDP generic segmentation offload a whole window leaves in one sendto: the kernel cuts
-# it into blksize+4 datagrams. One send carries at most 64 segments (UDP_MAX_SEGMENTS before
-# Linux 6.13) and one IP datagram's worth of bytes.
-GSO_MAX_SEGMENTS = 64
-GSO_MAX_BYTES = 65535 - 20 - 8
-# Files are read in chunks of at least this many bytes (one pread instead of one per block).
-READ_AHEAD_BYTES = 64 * 1024
 BUSY_MESSAGE = "server busy, retry"
-UNKNOWN_TID_PACKET = encode_error(ErrorCode.UNKNOWN_TRANSFER_ID, "unknown transfer ID")
-# What sendto raises when the kernel will not segment: no checksum offload on the device (EIO),
-# or segments larger than the path MTU (EMSGSIZE; EINVAL before Linux 6.x).
-_GSO_REFUSED = frozenset({errno.EIO, errno.EINVAL, errno.EMSGSIZE})
 _PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo: ifindex, spec_dst, addr
 
 
@@ -77,13 +73,21 @@ NETASCII_LIMIT = 8 * 1024 * 1024
 NETASCII_TOO_BIG = "netascii is for text files up to 8 MiB; ask in octet (binary) mode"
 
 
-def netascii(data: bytes) -> bytes:
-    """RFC 1350/764: CR becomes CR NUL, then LF becomes CR LF (in that order)."""
-    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-
-
 class TftpStartError(Exception):
     """The TFTP listener could not be opened; the message says why and what to check."""
+
+
+class _Handed:
+    """A transfer running in a worker process: what the caps and the log need of it."""
+
+    __slots__ = ("client_ip", "key", "name", "started", "transfer_id")
+
+    def __init__(self, transfer_id: int, peer: tuple[str, int], name: str) -> None:
+        self.transfer_id = transfer_id
+        self.key = peer
+        self.client_ip = peer[0]
+        self.name = name
+        self.started = time.monotonic()
 
 
 def interface_mtu(interface: str) -> int:
@@ -92,183 +96,6 @@ def interface_mtu(interface: str) -> int:
         return int(Path(f"/sys/class/net/{interface}/mtu").read_text())
     except (OSError, ValueError) as exc:
         raise TftpStartError(f"cannot read the MTU of interface {interface!r}: {exc}") from None
-
-
-class _ReadAhead:
-    """`FileReader` over a disk file that preads READ_AHEAD_BYTES or a window at a time and hands
-    the session slices: one syscall per chunk instead of one per block."""
-
-    __slots__ = ("_chunk", "_end", "_file", "_start", "_view", "size")
-
-    def __init__(self, file: BootFile) -> None:
-        self._file = file
-        self.size = file.size
-        self._chunk = READ_AHEAD_BYTES
-        self._start = self._end = 0
-        self._view = memoryview(b"")
-
-    def align(self, blksize: int, windowsize: int) -> None:
-        """Size chunks in whole blocks (known once negotiated), so no block straddles two."""
-        self._chunk = blksize * max(windowsize, READ_AHEAD_BYTES // blksize)
-
-    def read(self, offset: int, length: int) -> memoryview | bytes:
-        start = self._start
-        if start <= offset and offset + length <= self._end:
-            return self._view[offset - start : offset - start + length]
-        data = self._file.read(offset, max(length, self._chunk))
-        self._view = memoryview(data)
-        self._start, self._end = offset, offset + len(data)
-        return self._view[:length]  # short near a shrunken file: the session notices
-
-
-class _Transfer:
-    """One running read transfer: its socket (the server's TID), session, file and timer."""
-
-    __slots__ = (
-        "client_ip",
-        "file",
-        "gso_chunk",
-        "key",
-        "peer",
-        "server",
-        "session",
-        "sock",
-        "started",
-        "timer",
-        "timer_at",
-    )
-
-    def __init__(
-        self,
-        server: TftpServer,
-        sock: socket.socket,
-        peer: tuple[str, int],
-        session: ReadSession,
-        file: BootFile,
-    ) -> None:
-        self.server = server
-        self.sock = sock
-        self.peer = peer
-        self.key = peer
-        self.client_ip = peer[0]
-        self.session = session
-        self.file = file
-        self.started = time.monotonic()
-        self.gso_chunk = 0  # segments per GSO send; 0: one sendto per packet
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = float("inf")
-
-    def on_readable(self) -> None:
-        try:
-            self._receive()
-        except Exception:
-            self.server.crashed(self)
-
-    def _receive(self) -> None:
-        recvfrom, peer, session = self.sock.recvfrom, self.peer, self.session
-        now = self.server.loop_time
-        # In lock-step the next ACK is often queued by the time sendto returns (on a veth the
-        # kernel delivers our DATA to the client inside that call): reading again at once
-        # saves a pass through the event loop per block when it is, and costs one EAGAIN
-        # when it is not (measured: less CPU per block either way). Bounded, so one fast
-        # client cannot starve the other transfers.
-        for _ in range(TRANSFER_BURST):
-            try:
-                data, addr = recvfrom(TRANSFER_RECEIVE_SIZE)
-            except OSError:  # EAGAIN: nothing more queued (errors are not reported on UDP)
-                break
-            if addr != peer:
-                # RFC 1350: a datagram from another TID is answered and otherwise ignored.
-                self.server.counters["unknown_tid"] += 1
-                with contextlib.suppress(OSError):
-                    self.sock.sendto(UNKNOWN_TID_PACKET, addr)
-                continue
-            packets = session.receive(data, now())
-            if packets:
-                self.send(packets)
-            if session.finished:
-                self.server.end(self)
-                return
-        deadline = session.deadline
-        # Progress moves the deadline later and the timer just re-arms itself when it fires;
-        # only an earlier deadline (progress after a backoff) needs the handle replaced.
-        if deadline is not None and deadline < self.timer_at:
-            self.arm(deadline)
-
-    def on_timer(self) -> None:
-        self.timer = None
-        self.timer_at = float("inf")
-        try:
-            session = self.session
-            deadline = session.deadline
-            if deadline is None:
-                return
-            now = self.server.loop_time()
-            if now >= deadline:
-                packets = session.timeout(now)
-                if packets:
-                    self.send(packets)
-                if session.finished:
-                    self.server.end(self)
-                    return
-                deadline = session.deadline
-                if deadline is None:
-                    return
-            self.arm(deadline)
-        except Exception:
-            self.server.crashed(self)
-
-    def arm(self, deadline: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer_at = deadline
-        self.timer = self.server.loop.call_at(deadline, self.on_timer)
-
-    def send(self, packets: list[bytes]) -> None:
-        sendto, peer = self.sock.sendto, self.peer
-        try:
-            if self.gso_chunk:
-                try:
-                    self._send_segmented(packets)
-                    return
-                except OSError as exc:
-                    if exc.errno not in _GSO_REFUSED:
-                        raise
-                    self._stop_gso(exc)
-            for packet in packets:
-                sendto(packet, peer)
-        except BlockingIOError:
-            # Socket buffer full: what was not sent counts as lost; the timer resends it.
-            self.server.counters["send_dropped"] += 1
-        except OSError as exc:
-            self.server.counters["send_errors"] += 1
-            log.debug("TFTP send to %s:%d failed: %s", *self.peer, exc)
-
-    def _send_segmented(self, packets: list[bytes]) -> None:
-        # Every DATA packet of a window is blksize+4 bytes but the file's last, which is
-        # shorter and comes last: exactly the layout UDP_SEGMENT cuts a buffer into.
-        sendto, peer, chunk = self.sock.sendto, self.peer, self.gso_chunk
-        if len(packets) == 1:
-            sendto(packets[0], peer)
-            return
-        for first in range(0, len(packets), chunk):
-            sendto(b"".join(packets[first : first + chunk]), peer)
-
-    def _stop_gso(self, exc: OSError) -> None:
-        # While UDP_SEGMENT is set the kernel refuses even single datagrams it would otherwise
-        # fragment, so it is cleared, not just no longer used. Packets of the window already
-        # sent go again: the client ignores duplicates, and this happens once per server.
-        self.gso_chunk = 0
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)
-        self.server.gso_refused(exc)
-
-    def close(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.sock.close()
-        self.file.close()
 
 
 class TftpServer:
@@ -282,7 +109,11 @@ class TftpServer:
     not_found, access_violation, busy, malformed, unexpected_opcode; per transfer started,
     completed, failed, options_declined, unknown_tid; added when a transfer ends: bytes_sent,
     retransmits, timeouts, ignored_datagrams; trouble: send_errors, send_dropped,
-    socket_errors, internal_error. `active` is the number of transfers running.
+    socket_errors, internal_error, worker_lost. `active` is the number of transfers running.
+
+    `workers` > 0 runs the transfers in that many worker processes instead (workers.py): this
+    loop then parses requests, checks paths, renders, keeps the caps and logs, and a worker runs
+    the session. `started` then also counts transfers a worker ended at once (bad mode).
     """
 
     def __init__(
@@ -296,9 +127,12 @@ class TftpServer:
         max_per_client: int,
         max_windowsize: int,
         mtu: int | None = None,
+        workers: int = 0,
     ) -> None:
         if max_transfers < 1 or max_per_client < 1:
             raise ValueError("max_transfers and max_per_client must be at least 1")
+        if workers < 0:
+            raise ValueError("workers must be 0 (transfers on the event loop) or more")
         self.files = files
         self.interface = interface
         self.port = port
@@ -307,6 +141,7 @@ class TftpServer:
         self.max_per_client = max_per_client
         self.max_windowsize = max_windowsize
         self.mtu = mtu
+        self.workers = workers
         self.limits: TransferLimits | None = None
         self.counters: Counter[str] = Counter()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
@@ -314,9 +149,12 @@ class TftpServer:
         self._listener: socket.socket | None = None
         self._epoll: select.epoll | None = None
         self._handlers: dict[int, Callable[[], None]] = {}
-        self._transfers: dict[tuple[str, int], _Transfer] = {}
+        self._transfers: dict[tuple[str, int], LoopTransfer | _Handed] = {}
         self._per_client: Counter[str] = Counter()
         self._gso = True  # until the kernel refuses it once
+        self._pool: WorkerPool | None = None
+        self._handed: dict[int, _Handed] = {}  # by transfer id
+        self._last_id = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -324,6 +162,11 @@ class TftpServer:
     def active(self) -> int:
         """Transfers running now."""
         return len(self._transfers)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the transfer workers running now (none with workers=0)."""
+        return self._pool.pids if self._pool is not None else []
 
     async def start(self) -> None:
         mtu = self.mtu
@@ -354,22 +197,44 @@ class TftpServer:
             raise TftpStartError(f"cannot listen for TFTP on {where}: {exc.strerror}") from None
         self.loop = asyncio.get_running_loop()
         self.loop_time = self.loop.time
+        if self.workers:
+            pool = WorkerPool(
+                self.workers,
+                on_report=self._on_report,
+                on_lost=self._on_lost,
+                on_gso_refused=self.gso_refused,
+            )
+            try:
+                await pool.start()
+            except WorkerStartError as exc:
+                sock.close()
+                raise TftpStartError(str(exc)) from None
+            self._pool = pool
         self._listener = sock
         self._epoll = select.epoll()
         self._watch(sock, self._on_listener_readable)
         self.loop.add_reader(self._epoll.fileno(), self._on_epoll)
         log.info(
-            "TFTP listening on %s (blksize <= %d, windowsize <= %d, %d transfers, %d per client)",
+            "TFTP listening on %s (blksize <= %d, windowsize <= %d, %d transfers, %d per client, "
+            "%s)",
             where,
             self.limits.max_blksize,
             self.limits.max_windowsize,
             self.max_transfers,
             self.max_per_client,
+            f"{self.workers} transfer workers" if self.workers else "transfers on the event loop",
         )
 
     async def close(self) -> None:
         for transfer in list(self._transfers.values()):
-            self._forget(transfer)
+            if isinstance(transfer, LoopTransfer):
+                self._forget(transfer)
+        self._transfers.clear()
+        self._handed.clear()
+        self._per_client.clear()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._epoll is not None:
             self.loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
@@ -509,12 +374,17 @@ class TftpServer:
         self, request: ReadRequest, file: BootFile, addr: tuple[str, int], local_ip: str
     ) -> None:
         assert self.limits is not None
+        if self._pool is not None:
+            self._hand_off(request, file, addr, local_ip)
+            return
         # Rendered content is sliced through a memoryview (no copy per block).
         reader: FileReader = (
-            BytesReader(file.content) if isinstance(file, RenderedFile) else _ReadAhead(file)
+            BytesReader(file.content)
+            if isinstance(file, RenderedFile)
+            else ReadAhead(file.read, file.size)
         )
         session = ReadSession(request, reader, limits=self.limits, now=self.loop_time())
-        if isinstance(reader, _ReadAhead):
+        if isinstance(reader, ReadAhead):
             reader.align(session.blksize, session.windowsize)
         try:
             sock = self._transfer_socket(local_ip)
@@ -523,7 +393,7 @@ class TftpServer:
             log.warning("no socket for a transfer to %s:%d: %s", *addr, exc)
             file.close()
             return
-        transfer = _Transfer(self, sock, addr, session, file)
+        transfer = LoopTransfer(self, sock, addr, session, file)
         try:
             self._begin(transfer)
         except BaseException:
@@ -533,13 +403,11 @@ class TftpServer:
                 transfer.close()
             raise
 
-    def _begin(self, transfer: _Transfer) -> None:
+    def _begin(self, transfer: LoopTransfer) -> None:
         session, addr = transfer.session, transfer.peer
         if session.windowsize > 1 and self._gso:
-            segment = session.blksize + 4
             try:
-                transfer.sock.setsockopt(SOL_UDP, UDP_SEGMENT, segment)
-                transfer.gso_chunk = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+                transfer.gso_chunk = enable_gso(transfer.sock, session.blksize)
             except OSError as exc:
                 self.gso_refused(exc)
         packets = session.start()
@@ -557,6 +425,44 @@ class TftpServer:
         self._watch(transfer.sock, transfer.on_readable)
         assert session.deadline is not None
         transfer.arm(session.deadline)
+
+    def _hand_off(
+        self, request: ReadRequest, file: BootFile, addr: tuple[str, int], local_ip: str
+    ) -> None:
+        """Give the transfer to a worker: its socket, the open file (rendered content in a
+        memfd) and the request; the worker negotiates and runs the session."""
+        assert self._pool is not None and self.limits is not None
+        try:
+            sock = self._transfer_socket(local_ip)
+        except OSError as exc:
+            self.counters["socket_errors"] += 1
+            log.warning("no socket for a transfer to %s:%d: %s", *addr, exc)
+            file.close()
+            return
+        memfd = -1
+        try:
+            if isinstance(file, DiskFile):
+                file_fd = file.fileno()
+            else:
+                memfd = file_fd = _memfd(file.content)
+            self._last_id += 1
+            handoff = Handoff(self._last_id, addr, request, self.limits, self._gso)
+            handed = self._pool.hand_off(handoff, sock.fileno(), file_fd)
+        finally:
+            # The worker holds its own copies now (or nobody needs them).
+            sock.close()
+            file.close()
+            if memfd >= 0:
+                os.close(memfd)
+        if not handed:
+            self.counters["busy"] += 1
+            self._reply_once(local_ip, addr, encode_error(ErrorCode.NOT_DEFINED, BUSY_MESSAGE))
+            return
+        self.counters["started"] += 1
+        transfer = _Handed(handoff.transfer_id, addr, request.filename)
+        self._handed[transfer.transfer_id] = transfer
+        self._transfers[addr] = transfer
+        self._per_client[addr[0]] += 1
 
     def _transfer_socket(self, local_ip: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -592,7 +498,7 @@ class TftpServer:
 
     # -- transfer ends --------------------------------------------------------------------------
 
-    def end(self, transfer: _Transfer) -> None:
+    def end(self, transfer: LoopTransfer) -> None:
         """A transfer's session finished: count how, then release its socket and file."""
         session = transfer.session
         name, client = session.request.filename, transfer.client_ip
@@ -615,20 +521,71 @@ class TftpServer:
             log.info("TFTP %r to %s failed: %s", name, client, session.failed)
         self._forget(transfer)
 
-    def crashed(self, transfer: _Transfer) -> None:
-        self.counters["internal_error"] += 1
-        log.exception("TFTP transfer to %s:%d failed inside the server", *transfer.peer)
-        self._forget(transfer)
-
-    def _forget(self, transfer: _Transfer) -> None:
-        if self._transfers.get(transfer.key) is not transfer:
+    def _on_report(self, report: Report) -> None:
+        """A worker says how one of its transfers ended."""
+        transfer = self._handed.pop(report.transfer_id, None)
+        if transfer is None:
             return
+        self._release(transfer)
+        counters = self.counters
+        counters["bytes_sent"] += report.bytes_sent
+        counters["retransmits"] += report.retransmits
+        counters["timeouts"] += report.timeouts
+        counters["ignored_datagrams"] += report.ignored_datagrams
+        for name in ("unknown_tid", "send_errors", "send_dropped"):
+            if getattr(report, name):
+                counters[name] += getattr(report, name)
+        if report.internal_error:
+            counters["internal_error"] += 1
+        name, client = transfer.name, transfer.client_ip
+        if report.state == SessionState.COMPLETED.value:
+            counters["completed"] += 1
+            log.debug(
+                "sent %r (%d bytes, blksize %d, windowsize %d) to %s in %.3f s",
+                name,
+                report.size,
+                report.blksize,
+                report.windowsize,
+                client,
+                time.monotonic() - transfer.started,
+            )
+        elif report.state == SessionState.OPTIONS_DECLINED.value:
+            counters["options_declined"] += 1
+        else:
+            counters["failed"] += 1
+            how = "failed at once" if report.at_start else "failed"
+            log.info("TFTP %r to %s %s: %s", name, client, how, report.failed)
+
+    def _on_lost(self, transfer_id: int) -> None:
+        """The worker running this transfer died; the client will time out."""
+        transfer = self._handed.pop(transfer_id, None)
+        if transfer is None:
+            return
+        self._release(transfer)
+        self.counters["failed"] += 1
+        self.counters["worker_lost"] += 1
+        log.warning("TFTP %r to %s failed: its worker died", transfer.name, transfer.client_ip)
+
+    def _release(self, transfer: LoopTransfer | _Handed) -> bool:
+        """Free the caps a transfer held; False if it was no longer counted."""
+        if self._transfers.get(transfer.key) is not transfer:
+            return False
         del self._transfers[transfer.key]
         left = self._per_client[transfer.client_ip] - 1
         if left > 0:
             self._per_client[transfer.client_ip] = left
         else:
             del self._per_client[transfer.client_ip]
+        return True
+
+    def crashed(self, transfer: LoopTransfer) -> None:
+        self.counters["internal_error"] += 1
+        log.exception("TFTP transfer to %s:%d failed inside the server", *transfer.peer)
+        self._forget(transfer)
+
+    def _forget(self, transfer: LoopTransfer) -> None:
+        if not self._release(transfer):
+            return
         session = transfer.session
         self.counters["bytes_sent"] += session.bytes_sent
         self.counters["retransmits"] += session.retransmits
@@ -641,7 +598,19 @@ class TftpServer:
                 self._epoll.unregister(fd)
         transfer.close()
 
-    def gso_refused(self, exc: OSError) -> None:
+    def gso_refused(self, exc: object) -> None:
         if self._gso:
             self._gso = False
             log.info("UDP segmentation offload unavailable (%s): one sendto per DATA packet", exc)
+
+
+def _memfd(content: bytes) -> int:
+    """An anonymous in-memory file holding `content`, to pass a rendered file to a worker."""
+    fd = os.memfd_create("cloudctl-tftp", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as file:
+            file.write(content)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

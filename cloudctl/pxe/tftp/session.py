@@ -183,6 +183,7 @@ class SessionState(enum.Enum):
 
 
 _ACTIVE = (SessionState.AWAITING_OACK_ACK, SessionState.SENDING)
+_SENDING = SessionState.SENDING
 
 
 class ReadSession:
@@ -219,7 +220,7 @@ class ReadSession:
         self._acked = 0  # absolute index of the highest acknowledged block
         self._window: list[bytes] = []  # packets for blocks _acked+1 .. _acked+len(_window)
         self._oack_packet: bytes | None = None
-        self._wait = self.negotiated.timeout
+        self._base_wait = self._wait = self.negotiated.timeout
         self._max_wait = max(self.limits.max_timeout, self.negotiated.timeout)
         self._retries = 0
         self._deadline: float | None = None
@@ -267,11 +268,18 @@ class ReadSession:
 
     def receive(self, datagram: bytes, now: float) -> list[bytes]:
         """Handle one datagram from the peer; returns the packets to send in response."""
+        # Fast path: a well-formed ACK while sending is nearly every datagram of a transfer.
+        if (
+            self.state is _SENDING
+            and len(datagram) == 4
+            and datagram[0] == 0
+            and datagram[1] == _ACK_OPCODE_BYTE
+        ):
+            return self._on_data_ack((datagram[2] << 8) | datagram[3], now)
         if self.state not in _ACTIVE:
             if self.state is SessionState.NEW:
                 raise RuntimeError("ReadSession.receive() before start()")
             return []
-        # Fast path: a well-formed ACK is 4 bytes and is nearly every datagram of a transfer.
         if len(datagram) == 4 and datagram[0] == 0 and datagram[1] == _ACK_OPCODE_BYTE:
             return self._on_ack((datagram[2] << 8) | datagram[3], now)
         try:
@@ -320,20 +328,30 @@ class ReadSession:
             self.state = SessionState.SENDING
             self._oack_packet = None
             return self._send_window(now)
-        advance = (block - self._acked) & 0xFFFF
-        if advance == 0 or advance > len(self._window):
+        return self._on_data_ack(block, now)
+
+    def _on_data_ack(self, block: int, now: float) -> list[bytes]:
+        """An ACK while DATA is out: once per window, so kept to the fewest steps."""
+        acked = self._acked
+        window = self._window
+        advance = (block - acked) & 0xFFFF
+        if advance == 0 or advance > len(window):
             # Already acknowledged (delayed or repeated ACK), or a block we never sent.
             if advance == 0 or advance >= 0x8000:
                 self.duplicate_acks += 1
             else:
                 self.ignored_datagrams += 1
             return []
-        self._acked += advance
-        del self._window[:advance]
-        if self._acked == self.total_blocks:
+        acked += advance
+        self._acked = acked
+        if acked == self.total_blocks:
             self.state = SessionState.COMPLETED
             self._window = []
             return []
+        if advance == len(window):
+            window.clear()
+        else:
+            del window[:advance]
         return self._send_window(now)
 
     def _on_error(self, error: Error) -> list[bytes]:
@@ -350,15 +368,20 @@ class ReadSession:
         """
         window = self._window
         resent = len(window)
-        last = min(self._acked + self.windowsize, self.total_blocks)
-        next_block = self._acked + resent + 1
+        acked = self._acked
+        last = acked + self.windowsize
+        if last > self.total_blocks:
+            last = self.total_blocks
+        next_block = acked + resent + 1
         if next_block <= last:
             blksize, size, read = self.blksize, self.size, self._reader.read
-            pack = _DATA_HEADER.pack
-            offset = (next_block - 1) * blksize
+            pack, append = _DATA_HEADER.pack, window.append
+            offset = start = (next_block - 1) * blksize
             try:
                 for block in range(next_block, last + 1):
-                    length = min(blksize, size - offset)
+                    length = size - offset
+                    if length > blksize:
+                        length = blksize
                     payload = read(offset, length)
                     if len(payload) != length:
                         return self._fail(
@@ -367,19 +390,19 @@ class ReadSession:
                             ErrorCode.NOT_DEFINED,
                             "read error",
                         )
-                    window.append(pack(_DATA_OPCODE, block & 0xFFFF) + payload)
+                    append(pack(_DATA_OPCODE, block & 0xFFFF) + payload)
                     offset += length
             except OSError as exc:
                 return self._fail(f"read failed: {exc}", ErrorCode.NOT_DEFINED, "read error")
-            self.bytes_sent += offset - (next_block - 1) * blksize
+            self.bytes_sent += offset - start
         if resent:
             self.retransmits += resent
             self.bytes_sent += sum(len(window[i]) - 4 for i in range(resent))
         self.blocks_sent += len(window)
         self._retries = 0
-        self._wait = self.negotiated.timeout
-        self._arm(now)
-        return list(window)
+        self._wait = wait = self._base_wait
+        self._deadline = now + wait
+        return window[:]
 
     def _arm(self, now: float) -> None:
         self._deadline = now + self._wait
