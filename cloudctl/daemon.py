@@ -17,12 +17,12 @@ from cloudctl import __version__
 from cloudctl.api import instances
 from cloudctl.api.base import App
 from cloudctl.api.server import ApiServer, ApiStartError
-from cloudctl.api.storage import StorageCoordinator
 from cloudctl.config import Config, ConfigError, default_config_path, load_config
 from cloudctl.dns.inventory import InventoryZone
 from cloudctl.dns.server import DnsServer
 from cloudctl.dns.zone import DnsError, ZoneSettings
 from cloudctl.jobs import TEST_JOB, JobRunner
+from cloudctl.maintenance import StorageCoordinator
 from cloudctl.pxe.bootfiles import PACKAGED_FILES, BootFiles
 from cloudctl.pxe.catalog import BootCatalog
 from cloudctl.pxe.dhcp.policy import DhcpPolicy, DhcpSettings

@@ -7,101 +7,16 @@ any volume would lose its last healthy leg); a job then waits for the node's age
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
 from typing import Any
 
 from cloudctl.api.base import App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
 from cloudctl.inventory import InventoryError, parse_size
-from cloudctl.jobs import JobContext, JobError, JobKind
-from cloudctl.state import Conflict, NotFound, StateStore
-from cloudctl.state.store import Change
+from cloudctl.maintenance import AGENT_WAIT_SECONDS
+from cloudctl.state import Conflict, NotFound
 
 _VOLUME_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-AGENT_WAIT_SECONDS = 60.0
-
-
-class StorageCoordinator:
-    """What storage nodes last reported exporting, so jobs can wait for them to act."""
-
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
-        self.reports: dict[str, tuple[float, frozenset[str]]] = {}
-        self._changed = asyncio.Event()
-        # Set by the daemon: instances move off a storage node's paths before it goes.
-        self.hypervisors: Any = None
-        self.mover: Any = None
-
-    def report(self, snode: str, devices: frozenset[str]) -> None:
-        self.reports[snode] = (time.time(), devices)
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait_until(self, snode: str, wanted: frozenset[str], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._changed
-            if snode in self.reports and self.reports[snode][1] == wanted:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                await asyncio.wait_for(event.wait(), left)
-            except TimeoutError:
-                return False
-
-    def wanted(self, snode: str) -> frozenset[str]:
-        return frozenset(
-            f"e{e.shelf}.{e.slot}" for e in self.store.exports_for(snode) if e.exported
-        )
-
-    async def _move_instances_first(self, ctx: JobContext, snode: str, moves: list) -> list[str]:
-        """Live-migrate the instances that would lose their last storage path, then record the
-        maintenance (which the store still refuses if a volume would lose its last leg)."""
-        for name, target in moves:
-            await ctx.progress(f"{name} would lose its last path to its storage: moving it first")
-            await self.mover.migrate(ctx, name, target)
-        plan = self.hypervisors.storage_plan(snode)
-        if plan.moves or plan.stuck:
-            unsafe = [m.instance for m in plan.moves] + [name for name, _ in plan.stuck]
-            raise JobError(
-                f"instances are still unsafe without {snode}: {', '.join(unsafe)}; "
-                "nothing was taken out of service"
-            )
-        return await self.store.start_storage_maintenance(
-            snode, Change(ctx.job.actor, ctx.job.reason)
-        )
-
-    async def _maintenance_job(self, ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-        snode, entering = params["snode"], params["entering"]
-        if params.get("moves"):
-            params = {
-                **params,
-                "volumes": await self._move_instances_first(ctx, snode, params["moves"]),
-            }
-        wanted = self.wanted(snode)
-        verb = "stop exporting" if entering else "export again"
-        await ctx.progress(
-            f"waiting for {snode}'s storage agent to {verb} {len(params['volumes'])} legs"
-        )
-        if not await self.wait_until(snode, wanted, params["timeout"]):
-            raise JobError(
-                f"{snode}'s storage agent did not confirm within {params['timeout']:.0f} s "
-                f"(is `cloudctl storage serve` running there?); the maintenance state is recorded"
-            )
-        if entering:
-            await ctx.progress(f"{snode} exports nothing now: it may go down")
-        else:
-            await ctx.progress(
-                f"{snode} exports {len(wanted)} legs again; their mirrors resync on the nodes"
-            )
-        return {"snode": snode, "volumes": params["volumes"], "exports": sorted(wanted)}
-
-    def job_kind(self) -> JobKind:
-        return JobKind("storage-maintenance", lambda params: params, self._maintenance_job)
 
 
 def _volume_name(text: str | None) -> str:
@@ -212,7 +127,7 @@ async def assign_volume(app: App, request: Request) -> Any:
 
 async def storage_exports(app: App, request: Request) -> Any:
     snode = app.find_node(request.path_params["snode"])
-    exports = app.store.exports_for(snode.name)
+    exports = app.storage.exports(snode.name)
     return {
         "snode": snode.name,
         "in_maintenance": snode.name in app.store.storage_in_maintenance(),
@@ -228,6 +143,22 @@ async def storage_report(app: App, request: Request) -> Any:
         raise HttpError(400, "exports must be a list of eSHELF.SLOT names")
     app.storage.report(snode.name, frozenset(devices))
     return {"snode": snode.name, "wanted": sorted(app.storage.wanted(snode.name))}
+
+
+async def mirror_report(app: App, request: Request) -> Any:
+    """A node's mirror agent reports its arrays; the answer is the node's mirrored volumes."""
+    body = request.fields(required=("arrays",))
+    node = app.find_node(request.path_params["node"])
+    arrays = body["arrays"]
+    if not isinstance(arrays, list) or not all(
+        isinstance(a, dict)
+        and isinstance(a.get("volume"), str)
+        and isinstance(a.get("members", {}), dict)
+        for a in arrays
+    ):
+        raise HttpError(400, "arrays must be a list of objects with volume and members")
+    await app.storage.mirror_report(node.name, arrays)
+    return {"volumes": [v.to_json() for v in app.store.volumes_assigned_to(node.name)]}
 
 
 async def maintenance(app: App, request: Request) -> Any:
@@ -269,6 +200,10 @@ async def storage_status(app: App, request: Request) -> Any:
             for snode, (at, devices) in app.storage.reports.items()
         },
         "volumes": [v.to_json() for v in app.store.list_volumes()],
+        "mirrors": {
+            node: {"reported_at": at, "arrays": list(arrays.values())}
+            for node, (at, arrays) in app.storage.mirrors.items()
+        },
     }
 
 
@@ -334,6 +269,13 @@ ROUTES: tuple[Route, ...] = (
         "/v1/storage/{snode}/report",
         storage_report,
         "A storage node's agent reports what it exports",
+        response_schema=_OBJ,
+    ),
+    Route(
+        "POST",
+        "/v1/storage/mirrors/{node}",
+        mirror_report,
+        "A node's mirror agent reports its md arrays; answers with its mirrored volumes",
         response_schema=_OBJ,
     ),
     Route(

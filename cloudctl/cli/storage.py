@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from cloudctl.cli.client import ApiClient
 from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import format_time, print_json, print_table
 from cloudctl.config import default_config_path, load_config
+from cloudctl.maintenance import progress_bar
 
 
 def register(nouns: argparse._SubParsersAction) -> None:
@@ -42,6 +44,17 @@ def register(nouns: argparse._SubParsersAction) -> None:
         help="seconds between pulls of the node's legs from cloudctld",
     )
     serve.set_defaults(run=_serve)
+
+    mirrors = verbs.add_parser(
+        "mirror-agent",
+        help="run on a node using mirrored volumes: report its md arrays, drop legs going into "
+        "maintenance, re-add legs that come back",
+    )
+    mirrors.add_argument("--node", required=True, help="this node's name in the inventory")
+    mirrors.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between reports (default 2)"
+    )
+    mirrors.set_defaults(run=_mirror_agent)
 
     maintenance = verbs.add_parser("maintenance", help="take a storage node out of service")
     actions = maintenance.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -81,6 +94,51 @@ def _serve(args: argparse.Namespace, client: ApiClient) -> int:
     return 0
 
 
+def _mirror_agent(args: argparse.Namespace, client: ApiClient) -> int:
+    from cloudctl.aoe.mirroragent import LocalMachine, MirrorAgent
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    node = args.node
+
+    def exchange(arrays: list) -> list:
+        answer = client.request("POST", f"/v1/storage/mirrors/{node}", {"arrays": arrays})
+        return answer["volumes"]
+
+    agent = MirrorAgent(exchange, LocalMachine(), interval=args.interval)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await agent.run(stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def _mirror_state(volume: dict, mirrors: dict) -> str:
+    """The array's state as the nodes using it last reported it: clean, degraded, resync 42%."""
+    seen = []
+    for node, report in sorted(mirrors.items()):
+        for array in report["arrays"]:
+            if array["volume"] != volume["name"] or not array.get("array"):
+                continue
+            sync = array.get("sync")
+            if sync:
+                seen.append(
+                    f"{node}: {sync['action']} {progress_bar(sync['percent'] / 100)} "
+                    f"{sync['percent']:.0f}%"
+                )
+            else:
+                seen.append(f"{node}: {'clean' if array.get('clean') else 'degraded'}")
+    return "; ".join(seen)
+
+
 def _status(args: argparse.Namespace, client: ApiClient) -> int:
     status = client.request("GET", "/v1/storage")
     if args.output == "json":
@@ -95,8 +153,10 @@ def _status(args: argparse.Namespace, client: ApiClient) -> int:
             else ("resyncing" if "resyncing" in states else "degraded")
         )
         legs = " ".join(f"{leg['device']}@{leg['snode']}:{leg['state']}" for leg in volume["legs"])
-        rows.append((volume["name"], volume["size"], health, legs))
-    print_table(("VOLUME", "SIZE", "MIRROR", "LEGS"), rows)
+        rows.append(
+            (volume["name"], volume["size"], health, legs, _mirror_state(volume, status["mirrors"]))
+        )
+    print_table(("VOLUME", "SIZE", "MIRROR", "LEGS", "ON NODES"), rows)
     if status["in_maintenance"]:
         print(f"in maintenance: {', '.join(status['in_maintenance'])}")
     for snode, agent in sorted(status["agents"].items()):

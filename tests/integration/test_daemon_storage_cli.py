@@ -6,6 +6,7 @@ does), so maintenance jobs can be followed to the end.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -93,11 +94,14 @@ def test_maintenance_refuses_then_fails_legs_and_finishes(daemon):
         assert "mirrored" in text and "degraded" in text and "in maintenance: sn1" in text
         finished = daemon.cli("storage", "maintenance", "finish", "sn1")
         assert finished.stdout.splitlines()[-1] == "job 2 succeeded"
+        # No mirror agent reports the array: nothing to follow, md resyncs from its bitmap
+        # when a node assembles it.
+        assert "mirrored: no node reports its array; leg marked active" in finished.stdout
         legs = {
             leg["snode"]: leg["state"]
             for leg in daemon.cli_json("volume", "show", "mirrored")["legs"]
         }
-        assert legs == {"sn1": "resyncing", "sn2": "active"}
+        assert legs == {"sn1": "active", "sn2": "active"}
     finally:
         stop.set()
         agent.join()
@@ -112,3 +116,88 @@ def test_maintenance_job_fails_when_no_agent_confirms(daemon):
         "job 1 failed: sn1's storage agent did not confirm within 1 s"
     )
     assert daemon.cli_json("storage", "status")["in_maintenance"] == ["sn1"]
+
+
+class MirrorAgentStandIn:
+    """Plays hn1's mirror agent over the API, with md's answers scripted by the test: a leg
+    marked failed is dropped only when `release` is set; a leg coming back resyncs in steps."""
+
+    def __init__(self, daemon, volume: str) -> None:
+        self.daemon, self.volume = daemon, volume
+        self.members: dict[str, str] = {}
+        self.sync: dict | None = None
+        self.release = threading.Event()
+        self.stop = threading.Event()
+        self.resync_steps = [25.0, 50.0, 75.0]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        volumes: list = []
+        while not self.stop.is_set():
+            for v in volumes:
+                for leg in v["legs"]:
+                    state = self.members.setdefault(leg["device"], "present")
+                    if leg["state"] == "failed" and state == "present" and self.release.is_set():
+                        self.members[leg["device"]] = "missing"
+                    elif leg["state"] == "resyncing" and state == "missing":
+                        self.members[leg["device"]] = "present"
+                        self.sync = {"action": "recovery", "percent": 0.0, "finish_s": 9}
+            if self.sync is not None:
+                if self.resync_steps:
+                    self.sync = {**self.sync, "percent": self.resync_steps.pop(0)}
+                else:
+                    self.sync = None
+            degraded = "missing" in self.members.values() or self.sync is not None
+            report = {
+                "volume": self.volume,
+                "array": "md127",
+                "members": dict(self.members),
+                "degraded": degraded,
+                "sync": self.sync,
+                "clean": not degraded and bool(self.members),
+            }
+            answer = self.daemon.api("POST", "/v1/storage/mirrors/hn1", {"arrays": [report]})
+            volumes = answer["volumes"]
+            time.sleep(0.3)
+
+
+def test_maintenance_waits_for_mirror_agents_and_follows_the_resync(daemon):
+    _nodes(daemon)
+    daemon.cli("volume", "create", "m", "--size", "1G", "--mirror", "sn1,sn2")
+    daemon.cli("volume", "assign", "m", "hn1")
+    stop = threading.Event()
+    agents = [
+        threading.Thread(target=_agent, args=(daemon, sn, stop), daemon=True)
+        for sn in ("sn1", "sn2")
+    ]
+    hn1 = MirrorAgentStandIn(daemon, "m")
+    for thread in [*agents, hn1.thread]:
+        thread.start()
+    try:
+        while "e2.0" not in hn1.members:
+            time.sleep(0.1)
+        started = daemon.cli("storage", "maintenance", "start", "sn2", "--no-wait")
+        job_id = int(started.stdout.split()[1])
+        time.sleep(1.5)
+        # hn1's array still holds sn2's leg: sn2 keeps exporting it, the job waits.
+        assert daemon.api("GET", f"/v1/jobs/{job_id}")["state"] == "running"
+        exports = daemon.api("GET", "/v1/storage/sn2/exports")
+        assert exports["in_maintenance"] and exports["exports"][0]["exported"] is True
+        hn1.release.set()
+        watched = daemon.cli("job", "watch", str(job_id))
+        assert "waiting for nodes' mirror agents to drop m (e2.0)" in watched.stdout
+        assert watched.stdout.rstrip().endswith("succeeded")
+        assert daemon.api("GET", "/v1/storage/sn2/exports")["exports"][0]["exported"] is False
+        finished = daemon.cli("storage", "maintenance", "finish", "sn2")
+        assert re.search(r"m: recovery \[[#.]{20}\] \d+\.\d% on hn1", finished.stdout)
+        assert "every mirror with a leg on it is clean" in finished.stdout
+        legs = {
+            leg["snode"]: leg["state"] for leg in daemon.cli_json("volume", "show", "m")["legs"]
+        }
+        assert legs == {"sn1": "active", "sn2": "active"}
+        assert "hn1: clean" in daemon.cli("storage", "status").stdout
+    finally:
+        stop.set()
+        hn1.stop.set()
+        for thread in [*agents, hn1.thread]:
+            thread.join(timeout=5)

@@ -289,7 +289,7 @@ def test_unknown_pinned_node_is_a_clear_failure(tmp_path, bad):
 
 @scenario
 async def test_storage_maintenance_moves_instances_that_would_lose_their_last_path(cloud):
-    from cloudctl.api.storage import StorageCoordinator
+    from cloudctl.maintenance import StorageCoordinator
 
     pool = AddressPool(
         subnet=ipaddress.IPv4Network("10.20.0.0/24"),
