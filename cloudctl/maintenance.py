@@ -16,7 +16,7 @@ from typing import Any
 
 from cloudctl.jobs import JobContext, JobError, JobKind
 from cloudctl.state import StateStore
-from cloudctl.state.models import ExportRecord
+from cloudctl.state.models import ExportRecord, Volume
 from cloudctl.state.store import Change
 
 AGENT_WAIT_SECONDS = 60.0
@@ -58,6 +58,16 @@ class StorageCoordinator:
                 if leg.state == "resyncing" and array["members"].get(leg.device) == "present":
                     await self.store.set_leg_state(volume.name, leg.snode, "active")
         self._notify()
+
+    def served_view(self, volume: Volume) -> dict[str, Any]:
+        """A volume as a mirror agent should see it: a leg its storage node does not export
+        right now is "unexported" (state failed stays), so nobody re-adds a leg too early."""
+        data = volume.to_json()
+        for leg in data["legs"]:
+            served = self.reports.get(leg["snode"], (0.0, frozenset()))[1]
+            if leg["state"] != "failed" and leg["device"] not in served:
+                leg["state"] = "unexported"
+        return data
 
     def arrays_of(self, volume: str) -> dict[str, dict[str, Any]]:
         """Fresh reports of `volume`'s array, by node."""

@@ -25,14 +25,14 @@ from cloudctl.aoe.mirror import MdArray, MdStat, MirrorError, parse_mdstat
 
 log = logging.getLogger(__name__)
 
-READD_BACKOFF_SECONDS = 60.0  # a leg that keeps failing is not re-added in a tight loop
+READD_BACKOFF_SECONDS = 10.0  # a leg that keeps failing is not re-added in a tight loop
 
 
 @dataclass(frozen=True)
 class LegView:
     device: str  # "e1.0"
     snode: str
-    state: str  # active | failed | resyncing (cloudctld's view)
+    state: str  # active | failed | resyncing | unexported (cloudctld's view)
 
     @property
     def path(self) -> str:
@@ -138,7 +138,7 @@ def decide(
             elif state == "faulty":
                 # Failed by md itself (the leg's export vanished): make room to re-add it.
                 commands.append(Command(("mdadm", md, "--remove", leg.path), None, volume.name))
-            elif state == "missing" and device_present(leg.path):
+            elif state == "missing" and leg.state != "unexported" and device_present(leg.path):
                 commands.append(
                     Command(
                         ("mdadm", md, "--re-add", leg.path),
@@ -174,6 +174,11 @@ class LocalMachine:
 
     def device_present(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def discover(self) -> None:
+        """Ask the aoe driver to look for targets again (one came back)."""
+        with contextlib.suppress(OSError):
+            Path("/dev/etherd/discover").write_text("\n")
 
     def run(self, argv: Sequence[str]) -> tuple[int, str]:
         done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
@@ -225,6 +230,8 @@ class MirrorAgent:
             if time.monotonic() - self._readded.get(key, -1e9) < READD_BACKOFF_SECONDS:
                 return False
             self._readded[key] = time.monotonic()
+        if command.fallback is not None:
+            self.machine.discover()
         status, output = self.machine.run(command.argv)
         if status != 0 and command.fallback is not None:
             status, output = self.machine.run(command.fallback)

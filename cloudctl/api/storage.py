@@ -158,7 +158,9 @@ async def mirror_report(app: App, request: Request) -> Any:
     ):
         raise HttpError(400, "arrays must be a list of objects with volume and members")
     await app.storage.mirror_report(node.name, arrays)
-    return {"volumes": [v.to_json() for v in app.store.volumes_assigned_to(node.name)]}
+    return {
+        "volumes": [app.storage.served_view(v) for v in app.store.volumes_assigned_to(node.name)]
+    }
 
 
 async def maintenance(app: App, request: Request) -> Any:

@@ -55,6 +55,11 @@ def test_md_failed_leg_is_removed_and_readded_once_its_export_is_back():
     assert readd.fallback == ("mdadm", "/dev/md/vol1", "--add", "/dev/etherd/e2.1")
 
 
+def test_a_leg_its_storage_node_does_not_export_yet_is_not_readded():
+    _, commands = decide(mdstat("removed"), NAMES, [volume(state2="unexported")], lambda p: True)
+    assert commands == []
+
+
 def test_recovery_is_reported_with_its_progress_and_is_not_clean():
     (report,), commands = decide(mdstat("recovery"), NAMES, [volume(state2="resyncing")], bool)
     assert report.sync == {"action": "recovery", "percent": 4.1, "finish_s": 42}
@@ -84,6 +89,9 @@ class FakeMd:
 
     def device_present(self, path: str) -> bool:
         return self.exported
+
+    def discover(self) -> None:
+        self.ran.append(("discover",))
 
     def run(self, argv):
         self.ran.append(tuple(argv))
@@ -137,7 +145,7 @@ def test_agent_round_trip_acts_then_reports_what_it_did():
     )
     agent.once()  # learns the leg is back
     agent.once()  # re-adds it
-    assert md.ran[-1] == ("mdadm", "/dev/md/vol1", "--re-add", "/dev/etherd/e2.1")
+    assert md.ran[-2:] == [("discover",), ("mdadm", "/dev/md/vol1", "--re-add", "/dev/etherd/e2.1")]
     assert sent[-1][0]["sync"]["action"] == "recovery"
     md.state = "removed"  # the re-add did not stick: no second try within the backoff
     agent.once()
