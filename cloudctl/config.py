@@ -94,6 +94,9 @@ class BootConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     volume_dir: Path
+    # One-machine setups: cloudctld itself is this storage node and serves its legs over AoE.
+    serve_node: str | None
+    serve_interfaces: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -463,8 +466,21 @@ def load_config(path: Path | str) -> Config:
     dns.finish()
     storage = top.section("storage")
     storage_config = StorageConfig(
-        volume_dir=storage.value("volume_dir", _path_under(base), Path("/var/lib/cloudctl/volumes"))
+        volume_dir=storage.value(
+            "volume_dir", _path_under(base), Path("/var/lib/cloudctl/volumes")
+        ),
+        serve_node=storage.value("serve_node", _string, None),
+        serve_interfaces=storage.value(
+            "serve_interfaces",
+            lambda v: tuple(_interface(i) for i in (v if isinstance(v, list) else [v])),
+            (),
+        ),
     )
+    if (storage_config.serve_node is None) != (not storage_config.serve_interfaces):
+        storage.fail(
+            storage.key_path("serve_node"),
+            "set serve_node and serve_interfaces together (or neither)",
+        )
     storage.finish()
     config = Config(
         source=source,

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from cloudctl import __version__
+from cloudctl.aoe.target import AoeTargetError
 from cloudctl.api import instances
 from cloudctl.api.base import App
 from cloudctl.api.server import ApiServer, ApiStartError
@@ -77,6 +78,17 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
 
     reconciler.failover = failover
     services: list = [reconciler]
+    if config.storage.serve_node is not None:
+        from cloudctl.aoe.serve import LocalStorageNode  # AF_PACKET: only when asked for
+
+        services.append(
+            LocalStorageNode(
+                coordinator,
+                config.storage.serve_node,
+                list(config.storage.serve_interfaces),
+                config.storage.volume_dir,
+            )
+        )
     api = ApiServer(app, config.api)
     catalog = BootCatalog(store, config)
     if config.dhcp.enabled:
@@ -132,6 +144,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             DnsError,
             HttpBootError,
             TftpStartError,
+            AoeTargetError,
         ) as exc:
             raise StartupError(str(exc)) from None
         stop = asyncio.Event()

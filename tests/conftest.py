@@ -59,6 +59,7 @@ def write_config(
     boot: bool = False,
     http_port: int = 8080,
     hypervisor: dict | None = None,
+    storage: dict | None = None,
 ) -> Path:
     """A config in `directory`; DHCP and DNS stay off unless a test asks for them.
 
@@ -95,6 +96,7 @@ def write_config(
             http_port=http_port,
         )
         + _section("hypervisor", hypervisor)
+        + _section("storage", storage)
     )
     return path
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cloudctl.aoe.agent import ExportPlan, StorageAgent
-from cloudctl.aoe.target import AoeTarget, ExportSpec
+from cloudctl.aoe.target import AoeTarget, AoeTargetError, ExportSpec
 from cloudctl.cli.client import ApiClient
 
 log = logging.getLogger(__name__)
@@ -27,29 +29,93 @@ def export_specs(plans: list[ExportPlan]) -> list[ExportSpec]:
     ]
 
 
-async def serve(
-    client: ApiClient, snode: str, interfaces: list[str], volume_dir: Path, interval: float
-) -> None:
+async def start_target(interfaces: list[str]) -> AoeTarget:
     target = AoeTarget([], interfaces)
     await target.start()
+    return target
+
+
+async def run_agent(
+    target: AoeTarget,
+    fetch: Callable[[], dict[str, Any]],
+    report: Callable[[list[str]], Any],
+    volume_dir: Path,
+    interval: float,
+    stop: asyncio.Event,
+) -> None:
+    """Feed `target` from the inventory until `stop`; then close it."""
 
     async def apply(plans: list[ExportPlan]) -> None:
         await target.update_exports(export_specs(plans))
 
-    agent = StorageAgent(
-        volume_dir,
-        lambda: client.request("GET", f"/v1/storage/{snode}/exports"),
-        lambda devices: client.request("POST", f"/v1/storage/{snode}/report", {"exports": devices}),
-        apply,
-        interval=interval,
-    )
+    agent = StorageAgent(volume_dir, fetch, report, apply, interval=interval)
+    try:
+        await agent.run(stop)
+    finally:
+        await target.close()
+
+
+class LocalStorageNode:
+    """cloudctld as its own storage node: the agent reads the coordinator on the event loop
+    instead of calling the API, and the target runs in cloudctld's process."""
+
+    def __init__(
+        self, coordinator: Any, snode: str, interfaces: list[str], volume_dir: Path
+    ) -> None:
+        self.coordinator = coordinator
+        self.snode = snode
+        self.interfaces = interfaces
+        self.volume_dir = volume_dir
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Open the AoE sockets now, so a wrong interface stops cloudctld at startup."""
+        loop = asyncio.get_running_loop()
+        try:
+            target = await start_target(self.interfaces)
+        except (AoeTargetError, OSError) as exc:
+            raise AoeTargetError(f"storage.serve_interfaces: {exc}") from None
+
+        async def exports() -> dict[str, Any]:
+            records = self.coordinator.exports(self.snode)
+            return {"snode": self.snode, "exports": [r.to_json() for r in records]}
+
+        async def report(devices: list[str]) -> None:
+            self.coordinator.report(self.snode, frozenset(devices))
+
+        def fetch() -> dict[str, Any]:  # called on the agent's thread
+            return asyncio.run_coroutine_threadsafe(exports(), loop).result(timeout=30)
+
+        def send(devices: list[str]) -> None:
+            asyncio.run_coroutine_threadsafe(report(devices), loop).result(timeout=30)
+
+        self._task = asyncio.create_task(
+            run_agent(target, fetch, send, self.volume_dir, 1.0, self._stop),
+            name=f"storage-{self.snode}",
+        )
+        log.info("serving AoE for %s on %s", self.snode, ", ".join(self.interfaces))
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+
+async def serve(
+    client: ApiClient, snode: str, interfaces: list[str], volume_dir: Path, interval: float
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("serving AoE for %s on %s from %s", snode, ", ".join(interfaces), volume_dir)
-    try:
-        await agent.run(stop)
-    finally:
-        await target.close()
-        log.info("stopped")
+    await run_agent(
+        await start_target(interfaces),
+        lambda: client.request("GET", f"/v1/storage/{snode}/exports"),
+        lambda devices: client.request("POST", f"/v1/storage/{snode}/report", {"exports": devices}),
+        volume_dir,
+        interval,
+        stop,
+    )
+    log.info("stopped")

@@ -116,6 +116,10 @@ def _delete(path: str):
         ),
         (_set("hypervisor.flavour", "kvm"), "hypervisor.flavour: must be one of xen, qemu"),
         (
+            _set("storage.serve_node", "sn1"),
+            "storage.serve_node: set serve_node and serve_interfaces together (or neither)",
+        ),
+        (
             _set("hypervisor.volume_device", "/dev/md/{name}"),
             "hypervisor.volume_device: must be an absolute path with {volume} or {device} in it",
         ),
