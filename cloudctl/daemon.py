@@ -51,6 +51,14 @@ def _hypervisors(store: SqliteStore, config: Config) -> tuple[Hypervisors, Mover
     return hypervisors, Mover(hypervisors), Reconciler(hypervisors)
 
 
+def _image_url(config: Config):
+    """Storage nodes fetch image disks from the HTTP boot server; None when it is off."""
+    if not config.boot.enabled:
+        return None
+    base = f"http://{config.network.server}:{config.boot.http_port}/images"
+    return lambda image: f"{base}/{image}/disk"
+
+
 class StartupError(Exception):
     """cloudctld cannot start; one line for the operator."""
 
@@ -62,7 +70,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
         await store.open()
     except StateError as exc:
         raise StartupError(str(exc)) from None
-    coordinator = StorageCoordinator(store)
+    coordinator = StorageCoordinator(store, _image_url(config))
     hypervisors, mover, reconciler = _hypervisors(store, config)
     runner = JobRunner(
         store, [TEST_JOB, coordinator.job_kind(), *instances.job_kinds(hypervisors, mover)]

@@ -27,8 +27,10 @@ RESYNC_POLL_SECONDS = 1.0
 class StorageCoordinator:
     """What storage and mirror agents last reported, so jobs can wait for them to act."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, image_url: Any = None) -> None:
         self.store = store
+        # image name -> URL a storage node downloads the image's disk from (HTTP boot server)
+        self.image_url = image_url or (lambda image: None)
         self.reports: dict[str, tuple[float, frozenset[str]]] = {}
         # node -> (when, {volume: array report}) from `cloudctl storage mirror-agent`
         self.mirrors: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
@@ -125,6 +127,19 @@ class StorageCoordinator:
                 await asyncio.wait_for(event.wait(), left)
             except TimeoutError:
                 return False
+
+    def exports_json(self, snode: str) -> dict[str, Any]:
+        """What a storage node's agent pulls: its legs, and where to fill new ones from."""
+        exports = []
+        for record in self.exports(snode):
+            data = record.to_json()
+            data["image_url"] = self.image_url(record.image) if record.image else None
+            exports.append(data)
+        return {
+            "snode": snode,
+            "in_maintenance": snode in self.store.storage_in_maintenance(),
+            "exports": exports,
+        }
 
     def wanted(self, snode: str) -> frozenset[str]:
         return frozenset(f"e{e.shelf}.{e.slot}" for e in self.exports(snode) if e.exported)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudctl.aoe.volumes import ensure_file, trash, volume_path
+from cloudctl.aoe.volumes import VolumeFileError, ensure_file, trash, volume_path
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,30 @@ class StorageAgent:
         for leg in legs:
             path = volume_path(self.volume_dir, leg["volume"])
             origin = volume_path(self.volume_dir, leg["origin"]) if leg.get("origin") else None
-            if ensure_file(path, leg["size"], origin):
+            image = None
+            if leg.get("image"):
+                if not leg.get("image_url"):
+                    log.warning(
+                        "volume %s starts from image %s, but cloudctld serves no image disks "
+                        "(boot.enabled is off): leg not created",
+                        leg["volume"],
+                        leg["image"],
+                    )
+                    continue
+                image = (leg["image_url"], leg["image_sha256"])
+            try:
+                created = ensure_file(path, leg["size"], origin, image)
+            except VolumeFileError as exc:
+                log.warning("volume %s: %s (retrying next round)", leg["volume"], exc)
+                continue
+            if created:
                 log.info(
                     "created %s (%d bytes%s)",
                     path,
                     leg["size"],
-                    f", copy of {leg['origin']}" if origin else "",
+                    f", copy of {leg['origin']}"
+                    if origin
+                    else (f", from image {leg['image']}" if image else ""),
                 )
             if leg["exported"]:
                 plans.append(

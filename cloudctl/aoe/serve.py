@@ -78,8 +78,7 @@ class LocalStorageNode:
             raise AoeTargetError(f"storage.serve_interfaces: {exc}") from None
 
         async def exports() -> dict[str, Any]:
-            records = self.coordinator.exports(self.snode)
-            return {"snode": self.snode, "exports": [r.to_json() for r in records]}
+            return self.coordinator.exports_json(self.snode)
 
         async def report(devices: list[str]) -> None:
             self.coordinator.report(self.snode, frozenset(devices))

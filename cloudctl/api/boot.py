@@ -32,13 +32,16 @@ async def list_images(app: App, request: Request) -> Any:
 
 
 async def import_image(app: App, request: Request) -> Any:
-    body = request.fields(required=("name", "kernel", "initrd"), optional=("hypervisor", "reason"))
+    body = request.fields(
+        required=("name", "kernel", "initrd"), optional=("hypervisor", "disk", "reason")
+    )
     name = body_string(body, "name") or ""
     if app.store.get_image(name) is not None:
         raise Conflict(
             f"an image named {name} already exists (images never change: import under a new name)"
         )
     hypervisor = body_string(body, "hypervisor")
+    disk = body_string(body, "disk")
     image_dir = app.config.boot.image_dir
     try:
         image = await asyncio.to_thread(
@@ -48,6 +51,7 @@ async def import_image(app: App, request: Request) -> Any:
             Path(body_string(body, "kernel") or ""),
             Path(body_string(body, "initrd") or ""),
             Path(hypervisor) if hypervisor else None,
+            Path(disk) if disk else None,
         )
     except ImageError as exc:
         raise HttpError(400, str(exc)) from None

@@ -61,7 +61,7 @@ async def list_volumes(app: App, request: Request) -> Any:
 
 
 async def create_volume(app: App, request: Request) -> Any:
-    body = request.fields(required=("name", "size"), optional=("mirror", "on", "reason"))
+    body = request.fields(required=("name", "size"), optional=("mirror", "on", "image", "reason"))
     name, size = _volume_name(body_string(body, "name")), _size(body.get("size"))
     mirror, on = body.get("mirror"), body_string(body, "on")
     if mirror is not None and on is not None:
@@ -74,7 +74,8 @@ async def create_volume(app: App, request: Request) -> Any:
         snodes = [on]
     else:
         snodes = _place(app, 2)
-    volume = await app.store.create_volume(name, size, snodes, None, request.change())
+    image = body_string(body, "image")
+    volume = await app.store.create_volume(name, size, snodes, None, request.change(), image=image)
     return volume.to_json()
 
 
@@ -127,12 +128,7 @@ async def assign_volume(app: App, request: Request) -> Any:
 
 async def storage_exports(app: App, request: Request) -> Any:
     snode = app.find_node(request.path_params["snode"])
-    exports = app.storage.exports(snode.name)
-    return {
-        "snode": snode.name,
-        "in_maintenance": snode.name in app.store.storage_in_maintenance(),
-        "exports": [e.to_json() for e in exports],
-    }
+    return app.storage.exports_json(snode.name)
 
 
 async def storage_report(app: App, request: Request) -> Any:
@@ -227,6 +223,7 @@ ROUTES: tuple[Route, ...] = (
                 "size": {"type": ["string", "integer"]},
                 "mirror": {"type": "array", "items": {"type": "string"}},
                 "on": {"type": "string"},
+                "image": {"type": "string", "description": "start as a copy of its disk"},
                 "reason": {"type": "string"},
             },
         },

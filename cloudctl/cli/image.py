@@ -18,6 +18,9 @@ def register(nouns: argparse._SubParsersAction) -> None:
     imp.add_argument("--kernel", required=True, type=Path)
     imp.add_argument("--initrd", required=True, type=Path)
     imp.add_argument("--hypervisor", type=Path, help="xen.gz: boot the kernel as Xen's dom0")
+    imp.add_argument(
+        "--disk", type=Path, help="a raw root-disk image: `volume create --from` starts from it"
+    )
     imp.add_argument("--reason", help="why; recorded in the audit log")
     imp.add_argument("-o", "--output", choices=("text", "json"), default="text")
     imp.set_defaults(run=_import)
@@ -41,6 +44,8 @@ def _import(args: argparse.Namespace, client: ApiClient) -> int:
     }
     if args.hypervisor:
         body["hypervisor"] = str(args.hypervisor.resolve())
+    if args.disk:
+        body["disk"] = str(args.disk.resolve())
     if args.reason:
         body["reason"] = args.reason
     image = client.request("POST", "/v1/images", body)
@@ -48,6 +53,8 @@ def _import(args: argparse.Namespace, client: ApiClient) -> int:
         print_json(image)
     else:
         kind = "multiboot (Xen)" if image["multiboot"] else "kernel + initrd"
+        if image["disk_size"] is not None:
+            kind += f" + a {image['disk_size']}-byte disk"
         print(f"imported {image['name']}: {kind}, {image['size']} bytes")
     return 0
 

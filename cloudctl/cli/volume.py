@@ -18,6 +18,12 @@ def register(nouns: argparse._SubParsersAction) -> None:
     where = create.add_mutually_exclusive_group()
     where.add_argument("--mirror", help="SN1,SN2: the two storage nodes (default: least used)")
     where.add_argument("--on", help="one storage node: an unmirrored volume")
+    create.add_argument(
+        "--from",
+        dest="image",
+        metavar="IMAGE",
+        help="start as a copy of this image's disk (`image import ... --disk`)",
+    )
     _common(create, reason=True)
     create.set_defaults(run=_create)
 
@@ -80,7 +86,7 @@ def print_volume(volume: dict, output: str) -> None:
 
 def _create(args: argparse.Namespace, client: ApiClient) -> int:
     mirror = args.mirror.split(",") if args.mirror else None
-    body = _body(args, name=args.name, size=args.size, mirror=mirror, on=args.on)
+    body = _body(args, name=args.name, size=args.size, mirror=mirror, on=args.on, image=args.image)
     print_volume(client.request("POST", "/v1/volumes", body), args.output)
     return 0
 

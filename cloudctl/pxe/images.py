@@ -46,13 +46,23 @@ def _copy(source: Path, target: Path) -> tuple[str, int]:
 
 
 def import_files(
-    image_dir: Path, name: str, kernel: Path, initrd: Path, hypervisor: Path | None
+    image_dir: Path,
+    name: str,
+    kernel: Path,
+    initrd: Path,
+    hypervisor: Path | None,
+    disk: Path | None = None,
 ) -> Image:
-    """Copy the files into image_dir/NAME/{kernel,initrd[,hypervisor]}; return the record."""
+    """Copy the files into image_dir/NAME/{kernel,initrd[,hypervisor][,disk]}; return the record.
+
+    `disk` is a raw root-disk image that volumes can be created from (`volume create --from`).
+    """
     check_image_name(name)
     sources = {"kernel": kernel, "initrd": initrd}
     if hypervisor is not None:
         sources["hypervisor"] = hypervisor
+    if disk is not None:
+        sources["disk"] = disk
     for part, source in sources.items():
         if not source.is_absolute():
             raise ImageError(f"{part} path {source} must be absolute (it is read by cloudctld)")
@@ -62,10 +72,10 @@ def import_files(
     image_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".incoming-{name}-", dir=image_dir))
     try:
-        sums, total = {}, 0
+        sums, sizes, total = {}, {}, 0
         for part, source in sources.items():
-            sums[part], size = _copy(source, staging / part)
-            total += size
+            sums[part], sizes[part] = _copy(source, staging / part)
+            total += sizes[part]
         if final.exists():
             # Left by an import that died before its record was written: nothing uses it.
             shutil.rmtree(final)
@@ -80,6 +90,8 @@ def import_files(
         hypervisor_sha256=sums.get("hypervisor"),
         size=total,
         created_at=time.time(),
+        disk_sha256=sums.get("disk"),
+        disk_size=sizes.get("disk"),
     )
 
 

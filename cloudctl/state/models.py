@@ -137,6 +137,8 @@ class Image:
     hypervisor_sha256: str | None
     size: int
     created_at: float
+    disk_sha256: str | None = None  # a root disk volumes can be created from
+    disk_size: int | None = None
 
     @property
     def multiboot(self) -> bool:
@@ -149,6 +151,8 @@ class Image:
             "initrd_sha256": self.initrd_sha256,
             "hypervisor_sha256": self.hypervisor_sha256,
             "multiboot": self.multiboot,
+            "disk_sha256": self.disk_sha256,
+            "disk_size": self.disk_size,
             "size": self.size,
             "created_at": self.created_at,
         }
@@ -211,6 +215,7 @@ class Volume:
     legs: tuple[Leg, ...]
     assigned: tuple[str, ...]
     created_at: float
+    image: str | None = None  # the image whose disk its legs start as
 
     @property
     def mirrored(self) -> bool:
@@ -224,6 +229,7 @@ class Volume:
             "mirrored": self.mirrored,
             "legs": [leg.to_json() for leg in self.legs],
             "assigned": list(self.assigned),
+            "image": self.image,
             "created_at": self.created_at,
         }
 
@@ -239,6 +245,8 @@ class ExportRecord:
     origin: str | None
     allowed_macs: tuple[str, ...]
     exported: bool
+    image: str | None = None
+    image_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -249,6 +257,8 @@ class ExportRecord:
             "origin": self.origin,
             "allowed_macs": list(self.allowed_macs),
             "exported": self.exported,
+            "image": self.image,
+            "image_sha256": self.image_sha256,
         }
 
 

@@ -162,6 +162,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN segment TEXT;
     """,
+    # 7: images may carry a root disk; a volume created from one records it, so a storage
+    # node creating a leg later still knows what to fill it with.
+    """
+    ALTER TABLE images ADD COLUMN disk_sha256 TEXT;
+    ALTER TABLE images ADD COLUMN disk_size INTEGER;
+    ALTER TABLE volumes ADD COLUMN image TEXT REFERENCES images (name);
+    """,
 )
 
 

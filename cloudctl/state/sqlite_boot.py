@@ -16,7 +16,10 @@ from cloudctl.state.errors import Conflict, NotFound
 from cloudctl.state.models import Image, Profile
 from cloudctl.state.store import Change
 
-_IMAGE_COLUMNS = "name, kernel_sha256, initrd_sha256, hypervisor_sha256, size, created_at"
+_IMAGE_COLUMNS = (
+    "name, kernel_sha256, initrd_sha256, hypervisor_sha256, size, created_at, "
+    "disk_sha256, disk_size"
+)
 _PROFILE_BY_VERSION = "SELECT {} FROM profile_versions WHERE role = ? AND version = ?"
 _PROFILE_COLUMNS = (
     "role, version, image, bios_program, cmdline, hypervisor_args, active, created_at"
@@ -46,7 +49,7 @@ class BootRecords:
                     "import under a new name)"
                 )
             conn.execute(
-                f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO images ({_IMAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     image.name,
                     image.kernel_sha256,
@@ -54,6 +57,8 @@ class BootRecords:
                     image.hypervisor_sha256,
                     image.size,
                     image.created_at,
+                    image.disk_sha256,
+                    image.disk_size,
                 ),
             )
             record_audit(
@@ -81,6 +86,17 @@ class BootRecords:
             if users:
                 roles = ", ".join(r[0] for r in users)
                 raise Conflict(f"image {name} is used by the {roles} profile (current or rollback)")
+            volumes = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM volumes WHERE image = ? ORDER BY name", (name,)
+                )
+            ]
+            if volumes:
+                raise Conflict(
+                    f"volumes {', '.join(volumes)} were created from image {name} "
+                    "(their legs are filled from it): delete them first"
+                )
             conn.execute("DELETE FROM images WHERE name = ?", (name,))
             record_audit(conn, change, "image.remove", f"image/{name}")
             return Image(*row)

@@ -43,7 +43,7 @@ def _allocate_export(conn: sqlite3.Connection, snode: str) -> tuple[int, int]:
 
 def _volume(conn: sqlite3.Connection | Any, name: str) -> Volume:
     row = conn.execute(
-        "SELECT name, size, origin, created_at FROM volumes WHERE name = ?", (name,)
+        "SELECT name, size, origin, created_at, image FROM volumes WHERE name = ?", (name,)
     ).fetchone()
     if row is None:
         raise NotFound(f"no volume named {name!r}")
@@ -61,7 +61,7 @@ def _volume(conn: sqlite3.Connection | Any, name: str) -> Volume:
             "SELECT node FROM volume_assignments WHERE volume = ? ORDER BY node", (name,)
         )
     )
-    return Volume(row[0], row[1], row[2], legs, assigned, row[3])
+    return Volume(row[0], row[1], row[2], legs, assigned, row[3], image=row[4])
 
 
 def _check_snode(conn: sqlite3.Connection, name: str) -> None:
@@ -80,7 +80,13 @@ class StorageRecords:
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]: ...  # provided by SqliteStore
 
     async def create_volume(
-        self, name: str, size: int, snodes: list[str], origin: str | None, change: Change
+        self,
+        name: str,
+        size: int,
+        snodes: list[str],
+        origin: str | None,
+        change: Change,
+        image: str | None = None,
     ) -> Volume:
         def op(conn: sqlite3.Connection) -> Volume:
             if conn.execute("SELECT 1 FROM volumes WHERE name = ?", (name,)).fetchone():
@@ -89,9 +95,25 @@ class StorageRecords:
                 _check_snode(conn, snode)
             if origin is not None:
                 _volume(conn, origin)  # must exist
+            if image is not None:
+                row = conn.execute(
+                    "SELECT disk_size FROM images WHERE name = ?", (image,)
+                ).fetchone()
+                if row is None:
+                    raise NotFound(f"no image named {image!r}")
+                if row[0] is None:
+                    raise Conflict(
+                        f"image {image} has no disk: import one with `image import ... --disk`"
+                    )
+                if size < row[0]:
+                    raise Conflict(
+                        f"image {image}'s disk is {row[0]} bytes: the volume must be at least "
+                        "that big"
+                    )
             conn.execute(
-                "INSERT INTO volumes (name, size, origin, created_at) VALUES (?, ?, ?, ?)",
-                (name, size, origin, time.time()),
+                "INSERT INTO volumes (name, size, origin, created_at, image) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, size, origin, time.time(), image),
             )
             for snode in snodes:
                 shelf, slot = _allocate_export(conn, snode)
@@ -109,6 +131,7 @@ class StorageRecords:
                 size=size,
                 legs=[leg.device for leg in volume.legs],
                 origin=origin,
+                image=image,
             )
             return volume
 
@@ -196,8 +219,9 @@ class StorageRecords:
         while no node is assigned the volume (an empty AoE access list would admit everyone)."""
         resting = bool(self._read("SELECT 1 FROM storage_maintenance WHERE snode = ?", (snode,)))
         rows = self._read(
-            "SELECT l.volume, l.shelf, l.slot, v.size, v.origin, l.state FROM volume_legs l "
-            "JOIN volumes v ON v.name = l.volume WHERE l.snode = ? ORDER BY l.shelf, l.slot",
+            "SELECT l.volume, l.shelf, l.slot, v.size, v.origin, l.state, v.image, i.disk_sha256 "
+            "FROM volume_legs l JOIN volumes v ON v.name = l.volume "
+            "LEFT JOIN images i ON i.name = v.image WHERE l.snode = ? ORDER BY l.shelf, l.slot",
             (snode,),
         )
         macs: dict[str, list[str]] = {}
@@ -216,8 +240,10 @@ class StorageRecords:
                 origin,
                 tuple(macs.get(v, ())),
                 exported=not resting and state != "failed" and bool(macs.get(v)),
+                image=image,
+                image_sha256=image_sha256,
             )
-            for v, shelf, slot, size, origin, state in rows
+            for v, shelf, slot, size, origin, state, image, image_sha256 in rows
         ]
 
     # storage maintenance

@@ -159,7 +159,13 @@ class StateStore(ABC):
     # volumes and storage maintenance
     @abstractmethod
     async def create_volume(
-        self, name: str, size: int, snodes: list[str], origin: str | None, change: Change
+        self,
+        name: str,
+        size: int,
+        snodes: list[str],
+        origin: str | None,
+        change: Change,
+        image: str | None = None,
     ) -> Volume: ...
 
     @abstractmethod

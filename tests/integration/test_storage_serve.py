@@ -152,3 +152,74 @@ def test_cloudctld_refuses_to_start_on_a_missing_storage_interface(short_tmp):
     assert result.stderr.splitlines()[-1] == (
         "cloudctld: storage.serve_interfaces: cannot serve AoE on 'nosuch0': No such device"
     )
+
+
+def test_volume_from_an_image_disk_is_filled_over_http_boot(short_tmp, tmp_path):
+    """`volume create --from IMAGE`: the storage node (here cloudctld itself) fills each new leg
+    from the image's disk, fetched from cloudctld's HTTP boot server and checked."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        http_port = probe.getsockname()[1]
+    with netlab.Lab() as lab:
+        sn, hn = lab.netns("sn"), lab.netns("hn")
+        lab.veth(sn, "sn0", hn, "hn0")
+        lab.address(sn, "sn0", "10.20.0.2/24")
+        volume_dir = short_tmp / "volumes"
+        config = write_config(
+            short_tmp,
+            interface="sn0",
+            boot=True,
+            http_port=http_port,
+            storage={
+                "volume_dir": str(volume_dir),
+                "serve_node": "sn1",
+                "serve_interfaces": ["sn0"],
+            },
+        )
+        daemon = Daemon(short_tmp, config, netns=sn)
+        daemon.start()
+        try:
+            files = {name: tmp_path / name for name in ("vmlinuz", "initrd", "root.raw")}
+            files["vmlinuz"].write_bytes(b"kernel")
+            files["initrd"].write_bytes(b"initrd")
+            root = os.urandom(1 << 20) + bytes(3 << 20)
+            files["root.raw"].write_bytes(root)
+            out = daemon.cli(
+                "image", "import", "deb12",
+                "--kernel", str(files["vmlinuz"]), "--initrd", str(files["initrd"]),
+                "--disk", str(files["root.raw"]),
+            )  # fmt: skip
+            assert "+ a 4194304-byte disk" in out.stdout
+            hn_mac = lab.run(hn, ["cat", "/sys/class/net/hn0/address"]).stdout.strip()
+            daemon.cli(
+                "node", "add", "--mac", "52:54:00:aa:04:01", "--role", "snode", "--name", "sn1"
+            )
+            daemon.cli("node", "add", "--mac", hn_mac, "--role", "hnode", "--name", "hn1")
+            small = daemon.cli(
+                "volume", "create", "tiny", "--size", "1M", "--on", "sn1", "--from", "deb12",
+                check=False,
+            )  # fmt: skip
+            assert small.returncode == 1 and "must be at least that big" in small.stderr
+            created = daemon.cli_json(
+                "volume", "create", "root-hn1", "--size", "16M", "--on", "sn1", "--from", "deb12"
+            )
+            assert created["image"] == "deb12"
+            daemon.cli("volume", "assign", "root-hn1", "hn1")
+            _wait(
+                lambda: (
+                    daemon.api("GET", "/v1/storage")["agents"].get("sn1", {}).get("exports")
+                    == ["e1.0"]
+                )
+            )
+            leg = volume_dir / "root-hn1.img"
+            assert leg.stat().st_size == 16 << 20
+            with leg.open("rb") as f:
+                assert f.read(len(root)) == root and f.read() == bytes((16 << 20) - len(root))
+            assert list(_probe(lab, hn, daemon)) == ["e1.0"]
+            busy = daemon.cli("image", "remove", "deb12", check=False)
+            assert "volumes root-hn1 were created from image deb12" in busy.stderr
+        finally:
+            daemon.stop()
