@@ -139,6 +139,16 @@ def test_maintenance_start_and_finish_under_writes_loses_nothing(tmp_path, short
 
             while acked() < 20:
                 time.sleep(0.2)
+            # The agent must have reported the array before the maintenance can rely on it.
+            deadline = time.monotonic() + 60
+            while not any(
+                a["volume"] == "data" and a["clean"]
+                for a in daemon.api("GET", "/v1/storage")["mirrors"]
+                .get("hn1", {})
+                .get("arrays", [])
+            ):
+                assert time.monotonic() < deadline, "the mirror agent never reported the array"
+                time.sleep(0.2)
             out = daemon.cli("storage", "maintenance", "start", "sn2", check=False)
             assert out.returncode == 0, out.stdout + out.stderr
             during = acked()

@@ -291,6 +291,8 @@ def test_killed_worker_fails_its_transfers_and_is_replaced(root):
             await fetch(server, "exact.bin", blksize=1468, windowsize=8)
             == (root / "exact.bin").read_bytes()
         )
+        # The worker reports a transfer's end after the client has its last block.
+        await until(lambda: server.counters["completed"] == 2)
 
     server = serve(root, scenario, workers=1)
     assert server.counters["completed"] == 2
