@@ -2,6 +2,7 @@
 cloudctl's target and by vblade, one server at a time, at MTU 1500 and 9000. Run by bench/aoe.sh.
 
     python bench/aoe_bench.py run [--rounds N] [--mtus 1500,9000] [--servers cloudctl,vblade]
+                                  [--rows read,write,randread] [--mib 256]
     python bench/aoe_bench.py backing      durability options for the backing file, host only
 """
 
@@ -61,29 +62,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(agent: GuestAgent, device: str, pid: int) -> tuple[dict[str, float], dict[str, float]]:
-    """The three rows' figures, and the server's CPU seconds during each."""
+def measure(
+    agent: GuestAgent, device: str, pid: int, rows: tuple[str, ...]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The figures of `rows`, and the server's CPU seconds during each."""
     dev = f"/dev/etherd/{device}"
     figures, cpu = {}, {}
-    before = cpu_seconds(pid)
-    figures["seq read"] = timed_dd(
-        agent, f"dd if={dev} of=/dev/null bs=1M count={SIZE_MIB} iflag=direct"
-    )
-    after = cpu_seconds(pid)
-    cpu["seq read"], before = after - before, after
-    figures["seq write"] = timed_dd(
-        agent, f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MIB} oflag=direct"
-    )
-    after = cpu_seconds(pid)
-    cpu["seq write"], before = after - before, after
-    fio = agent.run(
-        f"fio --name=rr --filename={dev} --rw=randread --bs=4k --direct=1 --ioengine=libaio "
-        f"--iodepth={FIO_DEPTH} --size={SIZE_MIB}M --runtime={FIO_SECONDS} --time_based "
-        "--randrepeat=1 --minimal",
-        FIO_SECONDS + 120,
-    )
-    figures["rand read 4k"] = fio_iops(fio)
-    cpu["rand read 4k"] = cpu_seconds(pid) - before
+    for row in rows:
+        before = cpu_seconds(pid)
+        if row == "seq read":
+            command = f"dd if={dev} of=/dev/null bs=1M count={SIZE_MIB} iflag=direct"
+            figures[row] = timed_dd(agent, command)
+        elif row == "seq write":
+            command = f"dd if=/dev/zero of={dev} bs=1M count={SIZE_MIB} oflag=direct"
+            figures[row] = timed_dd(agent, command)
+        else:
+            fio = agent.run(
+                f"fio --name=rr --filename={dev} --rw=randread --bs=4k --direct=1 "
+                f"--ioengine=libaio --iodepth={FIO_DEPTH} --size={SIZE_MIB}M "
+                f"--runtime={FIO_SECONDS} --time_based --randrepeat=1 --minimal",
+                FIO_SECONDS + 120,
+            )
+            figures[row] = fio_iops(fio)
+        cpu[row] = cpu_seconds(pid) - before
     return figures, cpu
 
 
@@ -95,7 +96,9 @@ def settle(path: Path) -> None:
             pass
 
 
-def bench_mtu(mtu: int, rounds: int, servers: list[str], workdir: Path) -> dict:
+def bench_mtu(
+    mtu: int, rounds: int, servers: list[str], rows: tuple[str, ...], workdir: Path
+) -> dict:
     kernel = guest_kernel()
     # Uncompressed: fio's libraries make it ~85 MB, which gunzip under TCG would take seconds on.
     initrd = aoe_initramfs(kernel, workdir / "initrd-fio", binaries=(FIO,), compress=False)
@@ -120,7 +123,7 @@ def bench_mtu(mtu: int, rounds: int, servers: list[str], workdir: Path) -> dict:
                         device = f"e{SHELF[server]}.1"
                         rig.wait_devices(device, timeout=30)
                         assert rig.agent is not None
-                        figures, cpu = measure(rig.agent, device, pid)
+                        figures, cpu = measure(rig.agent, device, pid, rows)
                     finally:
                         stop()
                     for row, value in figures.items():
@@ -164,7 +167,7 @@ def stop_target(lab: Lab, target: TargetProcess) -> None:
     )
 
 
-def table(all_results: dict[int, dict], servers: list[str]) -> str:
+def table(all_results: dict[int, dict], servers: list[str], rows: tuple[str, ...]) -> str:
     ours, theirs = "cloudctl", "vblade"
     head = f"{'MTU':>5}  {'row':13s} {'unit':5s}" + "".join(f"{s:>12s}" for s in servers)
     compare = ours in servers and theirs in servers
@@ -172,6 +175,8 @@ def table(all_results: dict[int, dict], servers: list[str]) -> str:
     misses = 0
     for mtu, results in all_results.items():
         for row, unit in ROWS:
+            if row not in rows:
+                continue
             cells = {s: statistics.median(results[(s, row)]) for s in servers}
             line = f"{mtu:>5}  {row:13s} {unit:5s}" + "".join(f"{cells[s]:12.1f}" for s in servers)
             if compare:
@@ -184,16 +189,25 @@ def table(all_results: dict[int, dict], servers: list[str]) -> str:
     return "\n".join(lines)
 
 
+ROW_NAMES = {"read": "seq read", "write": "seq write", "randread": "rand read 4k"}
+
+
 def run(args: argparse.Namespace) -> int:
+    global SIZE_MIB
+    SIZE_MIB = args.mib
     servers = args.servers.split(",")
     mtus = [int(m) for m in args.mtus.split(",")]
+    try:
+        rows = tuple(ROW_NAMES[r] for r in args.rows.split(","))
+    except KeyError as exc:
+        raise SystemExit(f"unknown row {exc}: use {','.join(ROW_NAMES)}") from None
     with tempfile.TemporaryDirectory(prefix="aoe-bench-") as tmp:
-        all_results = {mtu: bench_mtu(mtu, args.rounds, servers, Path(tmp)) for mtu in mtus}
+        all_results = {mtu: bench_mtu(mtu, args.rounds, servers, rows, Path(tmp)) for mtu in mtus}
     print(
         f"\nAoE: {SIZE_MIB} MiB dd bs=1M O_DIRECT; fio randread 4k libaio QD{FIO_DEPTH} "
         f"{FIO_SECONDS} s; median of {args.rounds} round(s), each server alone on the segment"
     )
-    print(table(all_results, servers))
+    print(table(all_results, servers, rows))
     return 0
 
 
@@ -245,6 +259,9 @@ def main() -> int:
     bench.add_argument("--rounds", type=int, default=int(os.environ.get("AOE_BENCH_ROUNDS", 2)))
     bench.add_argument("--mtus", default=os.environ.get("AOE_BENCH_MTUS", "1500,9000"))
     bench.add_argument("--servers", default=os.environ.get("AOE_BENCH_SERVERS", "cloudctl,vblade"))
+    # Subsets for quick side-by-side checks while tuning; the published table uses the defaults.
+    bench.add_argument("--rows", default=os.environ.get("AOE_BENCH_ROWS", ",".join(ROW_NAMES)))
+    bench.add_argument("--mib", type=int, default=int(os.environ.get("AOE_BENCH_MIB", SIZE_MIB)))
     bench.set_defaults(func=run)
     durability = sub.add_parser("backing")
     durability.add_argument("--directory", default="/var/tmp")

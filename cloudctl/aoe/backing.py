@@ -1,6 +1,7 @@
-"""File-backed block stores for AoE exports, and the group commit that makes their writes durable:
-an acknowledged write is on stable storage. Owns the backing file descriptors and fdatasync;
-knows nothing of frames or sockets (the target decides when to commit and what to answer).
+"""Block stores for AoE exports (the `BlockStore` protocol, an in-memory one, file-backed ones)
+and the group commit that makes file writes durable: an acknowledged write is on stable storage.
+Owns the backing file descriptors, pwritev and fdatasync; knows nothing of frames or sockets
+(the target decides when to commit and what to answer).
 """
 
 from __future__ import annotations
@@ -9,33 +10,96 @@ import errno
 import mmap
 import os
 from pathlib import Path
+from typing import Protocol
 
 from cloudctl.aoe.ata import SECTOR_SIZE
 
-__all__ = ["MAX_TRANSFER", "BackingError", "CommitGroup", "FileBlockStore"]
+__all__ = [
+    "MAX_TRANSFER",
+    "BackingError",
+    "BlockStore",
+    "CommitGroup",
+    "FileBlockStore",
+    "MemoryBlockStore",
+]
 
 # The most one AoE frame can carry (255 sectors); the O_DIRECT bounce buffer holds one.
 MAX_TRANSFER = 255 * SECTOR_SIZE
 _PAGE = mmap.PAGESIZE
+# Buffers per pwritev: Linux's IOV_MAX.
+_IOV_MAX = 1024
 
 
 class BackingError(Exception):
     """A backing file cannot be opened or used as an export; the message says which and why."""
 
 
-class CommitGroup:
-    """Stores written since the last `take`, so one fdatasync per store covers a burst of
-    writes (group commit).
+class BlockStore(Protocol):
+    """What an export reads and writes: byte offsets, whole sectors. Failures must raise
+    OSError; they become ATA errors in the answer, never exceptions out of `Responder.handle`.
 
-    Stores created with a group only pwrite in `write`; whoever acknowledges those writes must
-    first `commit()`, or `take()` the written stores and `sync()` them (which may run in another
-    thread while the loop goes on writing: writes after the take wait for the next one).
-    `writes` counts successful writes and `last_store` names the store of the latest one: the
-    target tells write answers apart by them.
+    A store may also offer `readinto(offset, buffer: memoryview) -> int`: the responder then
+    reads straight into the answer frame instead of copying a returned bytes object.
+    """
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class MemoryBlockStore:
+    """A bytearray-backed store for tests and scratch exports; `flushes` counts flush calls."""
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self.flushes = 0
+
+    def _check(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > len(self.buffer):
+            raise OSError(errno.EIO, f"{length} bytes at {offset} beyond {len(self.buffer)}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return bytes(self.buffer[offset : offset + length])
+
+    def readinto(self, offset: int, buffer: memoryview) -> int:
+        length = len(buffer)
+        self._check(offset, length)
+        with memoryview(self.buffer) as view:
+            buffer[:] = view[offset : offset + length]
+        return length
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        length = len(data)
+        self._check(offset, length)
+        self.buffer[offset : offset + length] = data
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class CommitGroup:
+    """Stores written since the last `take`, so one pwritev per run of adjacent writes and one
+    fdatasync per store cover a burst of writes (group commit).
+
+    Buffered stores created with a group only queue a copy of the data in `write`; `take()`
+    pwrites what they queued (in arrival order, adjacent writes merged: one 1 KiB pwrite costs
+    ~6 us here, a merged one ~0.6 us per frame) and `sync()` fdatasyncs them. Whoever
+    acknowledges those writes must first `commit()`, or `take()` and then `sync()` (which may run
+    in another thread while the loop goes on writing: writes after the take wait for the next
+    one). `take` runs in the thread that writes; a store's reads and flushes write out its queue
+    first, so they see every write before them. `writes` counts accepted writes and `last_store`
+    names the store of the latest one: the target tells write answers apart by them.
     """
 
     def __init__(self) -> None:
         self._dirty: dict[FileBlockStore, None] = {}
+        # Stores whose queued writes failed to reach the file since the last take, and as of
+        # that take: their writes in the taken group must not be acknowledged.
+        self._unwritten: set[FileBlockStore] = set()
+        self._taken_unwritten: set[FileBlockStore] = set()
         self.writes = 0
         self.last_store: FileBlockStore | None = None
         self.commits = 0  # fdatasync calls made by sync()
@@ -50,15 +114,32 @@ class CommitGroup:
         self.last_store = store
 
     def take(self) -> list[FileBlockStore]:
-        """The stores written since the last take; the group starts over empty."""
+        """Write out the queued writes; returns the stores written since the last take, and
+        the group starts over empty."""
         dirty, self._dirty = self._dirty, {}
+        for store in dirty:
+            store.write_queued()
+        self._taken_unwritten, self._unwritten = self._unwritten, set()
         return list(dirty)
+
+    def _write_failed(self, store: FileBlockStore) -> None:
+        self._unwritten.add(store)  # called by the store, in the thread that takes
 
     def sync(self, stores: list[FileBlockStore]) -> set[FileBlockStore]:
         """fdatasync each store; returns those that failed (their writes since the take must
         not be acknowledged). Safe to run in a worker thread, one call at a time."""
-        failed: set[FileBlockStore] = set()
+        failed, self._taken_unwritten = self._taken_unwritten, set()
+        self.failures += len(failed)
         for store in stores:
+            if store in failed:
+                continue  # its data is not all in the file: no fdatasync makes it durable
+            if store.failed is not None:
+                # An earlier commit's fdatasync failed after these writes reached the page
+                # cache; the kernel reported that error once, so this fdatasync could return 0
+                # for pages that were lost with it.
+                self.failures += 1
+                failed.add(store)
+                continue
             self.commits += 1
             try:
                 store.fdatasync()
@@ -73,13 +154,14 @@ class CommitGroup:
 
 
 class FileBlockStore:
-    """A regular file or block device as a `responder.BlockStore`.
+    """A regular file or block device as a `BlockStore`.
 
     Reads go through the page cache, straight into the caller's buffer (`readinto`). Writes are
-    positional; with a `group` they become durable at the group's next commit, without one at
-    once (fdatasync per write). After a failed fdatasync the kernel may already have dropped the
-    dirty pages (and reports the error only once), so the store then refuses every further
-    write and flush: acknowledging one later would claim durability it cannot know.
+    positional; with a `group` they are queued (a copy: the caller's frame buffer is reused),
+    written out at the group's next take and durable at its commit; without one they are
+    written and fdatasynced at once. After a failed fdatasync the kernel may already have
+    dropped the dirty pages (and reports the error only once), so the store then refuses every
+    further write and flush: acknowledging one later would claim durability it cannot know.
 
     `direct=True` writes through a second O_DIRECT descriptor from a page-aligned bounce buffer
     (frame payloads sit at offset 36 of the receive buffer, never aligned). Measured here it was
@@ -101,6 +183,7 @@ class FileBlockStore:
         self.direct = direct and not read_only
         self._group = group
         self._dirty = False
+        self._queue: list[tuple[int, bytes]] = []  # (offset, data) not yet pwritten
         self._failed: OSError | None = None
         self._direct_fd = -1
         self._bounce: mmap.mmap | None = None
@@ -158,12 +241,16 @@ class FileBlockStore:
     # --- BlockStore -------------------------------------------------------------------------
 
     def read(self, offset: int, length: int) -> bytes:
+        if self._queue:
+            self.write_queued()
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
             raise OSError(errno.EIO, f"short read of {self.path} at {offset}")
         return data
 
     def readinto(self, offset: int, buffer: memoryview) -> int:
+        if self._queue:
+            self.write_queued()
         return os.preadv(self._fd, [buffer], offset)
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
@@ -171,6 +258,10 @@ class FileBlockStore:
             raise OSError(errno.EIO, f"{self.path}: an earlier fdatasync failed")
         if self.read_only:
             raise OSError(errno.EROFS, f"{self.path} is exported read-only")
+        if self._group is not None and not self.direct:
+            self._queue.append((offset, bytes(data)))
+            self._group.mark(self)
+            return
         if self.direct:
             self._write_direct(offset, data)
         else:
@@ -186,8 +277,38 @@ class FileBlockStore:
         fdatasync: a group commit of this store may still be running in another thread."""
         if self._failed is not None:
             raise OSError(errno.EIO, f"{self.path}: an earlier fdatasync failed")
+        if self._queue and not self.write_queued():
+            raise OSError(errno.EIO, f"{self.path}: queued writes failed")
         self._dirty = False
         self.fdatasync()
+
+    def write_queued(self) -> bool:
+        """pwrite the queued writes in order, each run of adjacent ones with one pwritev; False
+        if some failed (the group then fails their acknowledgements). Never raises OSError."""
+        queue, self._queue = self._queue, []
+        ok = True
+        start = end = -1
+        run: list[bytes] = []
+        for offset, data in queue:
+            if offset != end or len(run) == _IOV_MAX:
+                ok = self._write_run(start, end, run) and ok
+                start, run = offset, []
+            run.append(data)
+            end = offset + len(data)
+        return self._write_run(start, end, run) and ok
+
+    def _write_run(self, start: int, end: int, run: list[bytes]) -> bool:
+        if not run:
+            return True
+        try:
+            done = os.pwritev(self._fd, run, start)
+            if done < end - start:  # short (a full disk, a signal): finish it or learn why
+                self._write_all(self._fd, start + done, memoryview(b"".join(run))[done:])
+        except OSError:
+            assert self._group is not None
+            self._group._write_failed(self)
+            return False
+        return True
 
     # --- durability -------------------------------------------------------------------------
 
@@ -208,6 +329,8 @@ class FileBlockStore:
             raise
 
     def close(self) -> None:
+        if self._queue and self._fd >= 0:
+            self.write_queued()  # best effort: nobody was told these writes are durable
         for fd in (self._fd, self._direct_fd):
             if fd >= 0:
                 os.close(fd)

@@ -362,16 +362,22 @@ def test_100000_mutated_frames_then_the_target_still_answers(rig):
 
 def synced_before_answered(trace: str) -> int:
     """Check an `strace -f -s 40 -xx` log of the target: every WRITE answer (sendto) left after
-    an fdatasync that started after the answer's pwrite and had returned. Returns how many
-    write answers it checked."""
-    last_pwrite: dict[int, int] = {}  # byte offset -> line of its latest pwrite
+    an fdatasync that started after the pwrite (or pwritev) carrying the answer's data and had
+    returned. Returns how many write answers it checked."""
+    writes: list[tuple[int, int, int]] = []  # (start, end, line) of each completed pwrite(v)
+    writing: dict[str, int] = {}  # pid -> byte offset of its unfinished pwrite(v)
     started: dict[str, int] = {}  # pid -> line where its running fdatasync started
     synced: list[tuple[int, int]] = []  # (start, end) of completed fdatasyncs
     checked = 0
     for index, line in enumerate(trace.splitlines()):
         pid = line.split()[0]
-        if "pwrite64(" in line and (match := re.search(r", (\d+)\) += \d+$", line)):
-            last_pwrite[int(match.group(1))] = index
+        if re.search(r"pwrite(64|v2?)\(", line) and "unfinished" in line:
+            writing[pid] = int(re.findall(r", (\d+)(?:, \d+)? <unfinished", line)[-1])
+        elif re.search(r"pwrite(64|v2?)[( ]", line) and (match := re.search(r" = (\d+)$", line)):
+            offset = writing.pop(pid) if "resumed" in line else None
+            if offset is None:
+                offset = int(re.findall(r", (\d+)(?:, \d+)?\) += \d+$", line)[-1])
+            writes.append((offset, offset + int(match.group(1)), index))
         elif "fdatasync(" in line and "unfinished" in line:
             started[pid] = index
         elif "fdatasync" in line and ("resumed" in line or "= 0" in line) and "= 0" in line:
@@ -380,7 +386,7 @@ def synced_before_answered(trace: str) -> int:
             head = bytes.fromhex("".join(re.findall(r"\\x([0-9a-f]{2})", line.split('"')[1])))
             if len(head) >= 34 and head[14] & FLAG_RESPONSE and head[24] & AFLAG_WRITE:
                 offset = int.from_bytes(head[28:34], "little") * 512
-                written = last_pwrite[offset]
+                written = max(at for start, end, at in writes if start <= offset < end)
                 assert any(start > written and end < index for start, end in synced), line
                 checked += 1
     return checked
@@ -394,8 +400,9 @@ def test_acknowledged_writes_survive_kill_9_and_were_synced_before_their_answers
     # Attached before any write, so -f also follows the commit thread started by the first.
     strace = lab.spawn(
         tgt,
-        ["strace", "-f", "-p", str(target.pid), "-e", "trace=pwrite64,fdatasync,sendto",
-         "-s", "40", "-xx", "-o", str(trace)],
+        ["strace", "-f", "-p", str(target.pid),
+         "-e", "trace=pwrite64,pwritev,pwritev2,fdatasync,sendto", "-s", "40", "-xx",
+         "-o", str(trace)],
         lab.workdir / "strace.log",
     )  # fmt: skip
     deadline = time.monotonic() + 10

@@ -205,3 +205,117 @@ def test_responder_writes_through_a_file_store(image, direct):
     assert group.commit() == set() and len(group) == 0
     store.close()
     assert image.read_bytes()[6 * 512 : 8 * 512] == data
+
+
+# --- queued writes: one pwritev per run of adjacent writes -------------------------------------
+
+
+@pytest.fixture
+def pwrites(monkeypatch):
+    """(offset, total bytes, buffers) of every pwritev call, in order; the real call happens."""
+    calls: list[tuple[int, int, int]] = []
+    real = os.pwritev
+
+    def recording(fd: int, buffers: list, offset: int) -> int:
+        calls.append((offset, sum(len(b) for b in buffers), len(buffers)))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", recording)
+    return calls
+
+
+def test_grouped_writes_are_queued_then_merged_in_order(image, pwrites, syncs):
+    group = CommitGroup()
+    store = FileBlockStore(image, group=group)
+    view = frame_view(b"a" * 1024)
+    store.write(0, view)
+    view[:] = b"x" * 1024  # the target reuses its receive buffer at once: the store copied
+    store.write(1024, frame_view(b"b" * 1024))
+    store.write(2048, frame_view(b"c" * 512))
+    store.write(8192, frame_view(b"d" * 512))  # not adjacent: a second run
+    store.write(8192 + 512, frame_view(b"e" * 512))
+    store.write(1024, frame_view(b"f" * 512))  # overwrites part of the first run: after it
+    assert pwrites == [] and group.writes == 6
+    assert group.commit() == set()
+    assert pwrites == [(0, 2560, 3), (8192, 1024, 2), (1024, 512, 1)] and len(syncs) == 1
+    store.close()
+    data = image.read_bytes()
+    assert data[:2560] == b"a" * 1024 + b"f" * 512 + b"b" * 512 + b"c" * 512
+    assert data[8192 : 8192 + 1024] == b"d" * 512 + b"e" * 512
+
+
+def test_reads_and_flushes_see_queued_writes(image, pwrites, syncs):
+    group = CommitGroup()
+    store = FileBlockStore(image, group=group)
+    store.write(512, b"r" * 512)
+    assert store.read(512, 512) == b"r" * 512  # written out first, not yet synced
+    assert len(pwrites) == 1 and syncs == []
+    store.write(1024, b"s" * 512)
+    answer = bytearray(512)
+    with memoryview(answer) as view:
+        store.readinto(1024, view)
+    assert answer == b"s" * 512
+    store.write(1536, b"t" * 512)
+    store.flush()  # FLUSH CACHE: queued writes reach the file, then fdatasync
+    assert len(pwrites) == 3 and len(syncs) == 1
+    assert group.commit() == set() and len(syncs) == 2  # the group still syncs its own
+    store.close()
+
+
+def test_a_failed_write_out_fails_that_group_only(image, monkeypatch, syncs):
+    group = CommitGroup()
+    store = FileBlockStore(image, group=group)
+    store.write(0, b"1" * 512)
+
+    def full(fd: int, buffers: list, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", full)
+    assert group.commit() == {store}  # those writes must not be acknowledged
+    assert syncs == [] and group.failures == 1
+    store.write(512, b"2" * 512)  # a read fails the write-out too: the next group learns it
+    assert store.read(512, 512) == bytes(512)
+    assert group.commit() == {store}
+    monkeypatch.setattr(os, "pwritev", _real_pwritev)
+    store.write(1024, b"3" * 512)  # a write-out failure does not poison the store
+    assert group.commit() == set() and len(syncs) == 1
+    store.close()
+    assert image.read_bytes()[:1536] == bytes(1024) + b"3" * 512
+
+
+def test_write_out_failures_after_a_take_belong_to_the_next_commit(image, monkeypatch):
+    group = CommitGroup()
+    store = FileBlockStore(image, group=group)
+    store.write(0, b"1" * 512)
+    taken = group.take()  # written out fine; its fdatasync would run in the worker
+    store.write(512, b"2" * 512)
+    monkeypatch.setattr(os, "pwritev", _broken_pwritev)
+    store.read(512, 512)  # writes out the next group's data meanwhile, which fails
+    assert group.sync(taken) == set()  # the running commit's writes are fine
+    monkeypatch.undo()
+    assert group.commit() == {store}
+    store.close()
+
+
+_real_pwritev = os.pwritev
+
+
+def _broken_pwritev(fd: int, buffers: list, offset: int) -> int:
+    raise OSError(errno.EIO, "I/O error")
+
+
+def test_writes_queued_before_a_failed_fdatasync_are_never_acknowledged(image, monkeypatch):
+    group = CommitGroup()
+    store = FileBlockStore(image, group=group)
+    store.write(0, b"1" * 512)
+    taken = group.take()
+    store.write(512, b"2" * 512)  # accepted while the first commit's fdatasync runs
+    monkeypatch.setattr(os, "fdatasync", _broken_fdatasync)
+    assert group.sync(taken) == {store}
+    monkeypatch.undo()  # the kernel reports a writeback error once: the next call returns 0
+    assert group.commit() == {store}
+    store.close()
+
+
+def _broken_fdatasync(fd: int) -> None:
+    raise OSError(errno.EIO, "I/O error")
