@@ -94,6 +94,8 @@ class BootConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     volume_dir: Path
+    # Legs as LVM logical volumes in this volume group instead of files in volume_dir.
+    volume_group: str | None
     # One-machine setups: cloudctld itself is this storage node and serves its legs over AoE.
     serve_node: str | None
     serve_interfaces: tuple[str, ...]
@@ -469,6 +471,7 @@ def load_config(path: Path | str) -> Config:
         volume_dir=storage.value(
             "volume_dir", _path_under(base), Path("/var/lib/cloudctl/volumes")
         ),
+        volume_group=storage.value("volume_group", _string, None),
         serve_node=storage.value("serve_node", _string, None),
         serve_interfaces=storage.value(
             "serve_interfaces",

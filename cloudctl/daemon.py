@@ -51,6 +51,14 @@ def _hypervisors(store: SqliteStore, config: Config) -> tuple[Hypervisors, Mover
     return hypervisors, Mover(hypervisors), Reconciler(hypervisors)
 
 
+def _storage_backend(config: Config):
+    if config.storage.volume_group is None:
+        return config.storage.volume_dir
+    from cloudctl.aoe.lvm import LvmVolumes
+
+    return LvmVolumes(config.storage.volume_group)
+
+
 def _image_url(config: Config):
     """Storage nodes fetch image disks from the HTTP boot server; None when it is off."""
     if not config.boot.enabled:
@@ -94,7 +102,7 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
                 coordinator,
                 config.storage.serve_node,
                 list(config.storage.serve_interfaces),
-                config.storage.volume_dir,
+                _storage_backend(config),
             )
         )
     api = ApiServer(app, config.api)

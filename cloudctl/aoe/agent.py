@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cloudctl.aoe.volumes import VolumeFileError, ensure_file, trash, volume_path
+from cloudctl.aoe.volumes import FileVolumes, VolumeFileError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ExportPlan:
 class StorageAgent:
     def __init__(
         self,
-        volume_dir: Path,
+        volume_dir: Path | Any,
         fetch: Callable[[], dict[str, Any]],
         report: Callable[[list[str]], Any],
         apply: Callable[[list[ExportPlan]], Awaitable[None]],
@@ -46,7 +46,8 @@ class StorageAgent:
         interval: float = 2.0,
     ) -> None:
         """`fetch`/`report` are blocking API calls (run in a thread); `apply` swaps exports."""
-        self.volume_dir = volume_dir
+        # Legs as files in a directory, or another backend (lvm.LvmVolumes: a volume group).
+        self.volumes = FileVolumes(volume_dir) if isinstance(volume_dir, Path) else volume_dir
         self.fetch = fetch
         self.report = report
         self.apply = apply
@@ -83,19 +84,19 @@ class StorageAgent:
         return True
 
     def _reconcile_files(self, legs: list[dict[str, Any]]) -> list[ExportPlan]:
-        self.volume_dir.mkdir(parents=True, exist_ok=True)
+        self.volumes.prepare()
         current = {leg["volume"] for leg in legs}
         # Only volumes this agent saw and then saw deleted are trashed: a first feed that is
         # empty (a wrong node name, a restored backup) must never throw data away.
         for volume in sorted(self._seen - current):
-            path = volume_path(self.volume_dir, volume)
-            if path.exists():
-                log.info("volume %s was deleted: moved its file to %s", volume, trash(path))
+            aside = self.volumes.remove(volume)
+            if aside is not None:
+                log.info("volume %s was deleted: moved its data aside to %s", volume, aside)
         self._seen = current
         plans = []
         for leg in legs:
-            path = volume_path(self.volume_dir, leg["volume"])
-            origin = volume_path(self.volume_dir, leg["origin"]) if leg.get("origin") else None
+            path = self.volumes.path(leg["volume"])
+            origin = leg.get("origin")
             image = None
             if leg.get("image"):
                 if not leg.get("image_url"):
@@ -108,7 +109,7 @@ class StorageAgent:
                     continue
                 image = (leg["image_url"], leg["image_sha256"])
             try:
-                created = ensure_file(path, leg["size"], origin, image)
+                created = self.volumes.ensure(leg["volume"], leg["size"], origin, image)
             except VolumeFileError as exc:
                 log.warning("volume %s: %s (retrying next round)", leg["volume"], exc)
                 continue

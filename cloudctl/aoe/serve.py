@@ -39,7 +39,7 @@ async def run_agent(
     target: AoeTarget,
     fetch: Callable[[], dict[str, Any]],
     report: Callable[[list[str]], Any],
-    volume_dir: Path,
+    volume_dir: Path | Any,
     interval: float,
     stop: asyncio.Event,
 ) -> None:
@@ -60,7 +60,7 @@ class LocalStorageNode:
     instead of calling the API, and the target runs in cloudctld's process."""
 
     def __init__(
-        self, coordinator: Any, snode: str, interfaces: list[str], volume_dir: Path
+        self, coordinator: Any, snode: str, interfaces: list[str], volume_dir: Path | Any
     ) -> None:
         self.coordinator = coordinator
         self.snode = snode
@@ -72,6 +72,11 @@ class LocalStorageNode:
     async def start(self) -> None:
         """Open the AoE sockets now, so a wrong interface stops cloudctld at startup."""
         loop = asyncio.get_running_loop()
+        if not isinstance(self.volume_dir, Path):
+            try:
+                await asyncio.to_thread(self.volume_dir.prepare)
+            except OSError as exc:
+                raise AoeTargetError(f"storage.volume_group: {exc}") from None
         try:
             target = await start_target(self.interfaces)
         except (AoeTargetError, OSError) as exc:
@@ -102,8 +107,13 @@ class LocalStorageNode:
 
 
 async def serve(
-    client: ApiClient, snode: str, interfaces: list[str], volume_dir: Path, interval: float
+    client: ApiClient,
+    snode: str,
+    interfaces: list[str],
+    volume_dir: Path | Any,
+    interval: float,
 ) -> None:
+    """`volume_dir`: a directory of leg files, or an LvmVolumes (a volume group)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

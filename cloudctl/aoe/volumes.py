@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 FICLONE = 0x40049409  # linux/fs.h: share the source's extents (reflink)
 _COPY_CHUNK = 8 << 20
@@ -60,12 +61,29 @@ def ensure_file(
 
 
 def _download(url: str, sha256: str, target: Path) -> None:
-    """Fetch an image disk; zero chunks become holes. A wrong checksum leaves nothing."""
+    """Fetch an image disk into a new file; zero runs become holes. A wrong checksum (or a
+    failed fetch) leaves nothing."""
+    try:
+        with open(target, "wb") as out:
+            download_into(url, sha256, out, holes=True)
+            out.truncate(out.tell())
+    except VolumeFileError:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def download_into(url: str, sha256: str, out: BinaryIO, *, holes: bool) -> None:
+    """Stream an image disk into `out` from its start. With `holes`, zero runs are skipped
+    (a new file reads them as zeros); a block device gets every byte. VolumeFileError if the
+    fetch fails or the bytes do not match `sha256`."""
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=30) as answer, open(target, "wb") as out:
+        with urllib.request.urlopen(url, timeout=30) as answer:
             while chunk := answer.read(_COPY_CHUNK):
                 digest.update(chunk)
+                if not holes:
+                    out.write(chunk)
+                    continue
                 view = memoryview(chunk)
                 for at in range(0, len(chunk), _HOLE_GRAIN):
                     piece = view[at : at + _HOLE_GRAIN]
@@ -73,12 +91,11 @@ def _download(url: str, sha256: str, target: Path) -> None:
                         out.seek(len(piece), os.SEEK_CUR)
                     else:
                         out.write(piece)
-            out.truncate(out.tell())
+            out.flush()
+            os.fsync(out.fileno())
     except (OSError, urllib.error.URLError) as exc:
-        target.unlink(missing_ok=True)
         raise VolumeFileError(f"cannot fetch image disk {url}: {exc}") from None
     if digest.hexdigest() != sha256:
-        target.unlink(missing_ok=True)
         raise VolumeFileError(f"image disk {url} does not match its checksum; not used")
 
 
@@ -120,3 +137,26 @@ def trash(path: Path) -> Path:
     target = bin_dir / f"{path.name}.{int(time.time())}"
     os.replace(path, target)
     return target
+
+
+class FileVolumes:
+    """Legs as sparse files in one directory (the default backend of a storage node)."""
+
+    def __init__(self, volume_dir: Path) -> None:
+        self.volume_dir = volume_dir
+
+    def prepare(self) -> None:
+        self.volume_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, volume: str) -> Path:
+        return volume_path(self.volume_dir, volume)
+
+    def ensure(
+        self, volume: str, size: int, origin: str | None, image: tuple[str, str] | None
+    ) -> bool:
+        source = self.path(origin) if origin else None
+        return ensure_file(self.path(volume), size, source, image)
+
+    def remove(self, volume: str) -> str | None:
+        path = self.path(volume)
+        return str(trash(path)) if path.exists() else None

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from cloudctl.cli.client import ApiClient
+from cloudctl.cli.client import ApiClient, CliError
 from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import format_time, print_json, print_table
 from cloudctl.config import default_config_path, load_config
@@ -36,6 +36,11 @@ def register(nouns: argparse._SubParsersAction) -> None:
         "--volume-dir",
         type=Path,
         help="where volume files live (default: storage.volume_dir of the config)",
+    )
+    serve.add_argument(
+        "--volume-group",
+        help="keep legs as LVM logical volumes in this volume group instead of files "
+        "(default: storage.volume_group of the config)",
     )
     serve.add_argument(
         "--interval",
@@ -87,10 +92,20 @@ def _serve(args: argparse.Namespace, client: ApiClient) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    volume_dir = args.volume_dir
-    if volume_dir is None:
-        volume_dir = load_config(args.config or default_config_path()).storage.volume_dir
-    asyncio.run(serve(client, args.node, args.interface, volume_dir, args.interval))
+    volumes = args.volume_dir
+    if volumes is None and args.volume_group is None:
+        storage = load_config(args.config or default_config_path()).storage
+        volumes = storage.volume_dir if storage.volume_group is None else None
+        args.volume_group = storage.volume_group
+    if args.volume_group is not None:
+        from cloudctl.aoe.lvm import LvmVolumes, check_volume_group
+
+        try:
+            volumes = LvmVolumes(check_volume_group(args.volume_group))
+            volumes.prepare()  # the group must exist: say so now, in one line
+        except OSError as exc:
+            raise CliError(str(exc)) from None
+    asyncio.run(serve(client, args.node, args.interface, volumes, args.interval))
     return 0
 
 

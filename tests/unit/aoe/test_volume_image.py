@@ -63,3 +63,34 @@ def test_an_unreachable_image_server_leaves_nothing(tmp_path, disk_server):
     with pytest.raises(VolumeFileError, match="cannot fetch image disk"):
         ensure_file(leg, 64 * MIB, image=(url.replace("/disk", "/missing"), sha))
     assert not leg.exists() and not (tmp_path / ".root.img.partial").exists()
+
+
+def test_an_image_disk_overwrites_every_byte_of_a_device(tmp_path, disk_server):
+    """LVM legs get the disk with holes=False: a logical volume's old blocks are overwritten,
+    zeros included (a regular file stands in for the block device here)."""
+    from cloudctl.aoe.lvm import _fill_from_image
+
+    disk, url, sha = disk_server
+    device = tmp_path / "lv"
+    device.write_bytes(b"\xaa" * (16 * MIB))
+    _fill_from_image(url, sha, device)
+    with device.open("rb") as f:
+        assert f.read(disk.stat().st_size) == disk.read_bytes()
+        assert f.read() == b"\xaa" * (16 * MIB - disk.stat().st_size)  # beyond: zeroed earlier
+
+
+def test_storage_serve_refuses_a_missing_volume_group_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudctl.cli.main", "--config", str(config), "storage", "serve",
+         "--node", "sn1", "--interface", "lo", "--volume-group", "no-such-vg-cc"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("cloudctl: error: vgs ")
+    assert "no-such-vg-cc" in result.stderr and len(result.stderr.splitlines()) == 1
