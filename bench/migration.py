@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import Daemon, write_config
 from tests.guestkernel import guest_kernel
-from tests.guestnet import Pinger, kernel_append, pingable_initramfs
+from tests.guestnet import Pinger, pingable_initramfs
+from tests.instancelab import boot_guest_as_instances, wait_reachable
 from tests.libvirtlab import LibvirtHost, segment
 from tests.netlab import Lab
 
@@ -81,23 +82,8 @@ def main() -> int:
                     "--ip",
                     ip,
                 )
-            daemon.cli(
-                "image", "import", "guest", "--kernel", str(kernel.vmlinux), "--initrd", str(initrd)
-            )
-            daemon.cli(
-                "profile",
-                "set",
-                "instance",
-                "--image",
-                "guest",
-                "--cmdline",
-                kernel_append(f"{GUEST_ADDR}/24"),
-            )
-            deadline = time.monotonic() + 60
-            while sum(h["reachable"] for h in daemon.api("GET", "/v1/hosts")["hosts"]) < 2:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the lab's libvirtd never became reachable")
-                time.sleep(0.5)
+            boot_guest_as_instances(daemon, kernel.vmlinux, initrd, f"{GUEST_ADDR}/24")
+            wait_reachable(daemon, 2)
             daemon.cli(
                 "instance", "start", "g1", "--memory", "128", "--vcpus", "1", "--node", "hn1"
             )

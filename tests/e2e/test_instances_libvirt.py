@@ -18,7 +18,8 @@ import pytest
 from tests import netlab
 from tests.conftest import Daemon, write_config
 from tests.guestkernel import guest_kernel
-from tests.guestnet import Pinger, kernel_append, pingable_initramfs
+from tests.guestnet import Pinger, pingable_initramfs
+from tests.instancelab import boot_guest_as_instances, wait_reachable
 from tests.integration.test_daemon_storage_cli import _agent
 from tests.libvirtlab import LIBVIRTD, LibvirtHost, segment
 from tests.netlab import Lab
@@ -91,22 +92,8 @@ def test_start_migrate_drain_and_failed_migrations(short_tmp):
                     "--ip",
                     ip,
                 )
-            daemon.cli(
-                "image", "import", "guest", "--kernel", str(kernel.vmlinux), "--initrd", str(initrd)
-            )
-            daemon.cli(
-                "profile",
-                "set",
-                "instance",
-                "--image",
-                "guest",
-                "--cmdline",
-                kernel_append(f"{GUEST_ADDR}/24"),
-            )
-            deadline = time.monotonic() + 60
-            while sum(h["reachable"] for h in daemon.api("GET", "/v1/hosts")["hosts"]) < 2:
-                assert time.monotonic() < deadline, daemon.api("GET", "/v1/hosts")
-                time.sleep(0.5)
+            boot_guest_as_instances(daemon, kernel.vmlinux, initrd, f"{GUEST_ADDR}/24")
+            wait_reachable(daemon, 2)
 
             out = daemon.cli(
                 "instance", "start", "g1", "--memory", "128", "--vcpus", "1", "--node", "hn1"
@@ -233,22 +220,8 @@ def test_storage_maintenance_migrates_instances_that_would_lose_their_storage(sh
             for snode in ("sn1", "sn2"):
                 agents.append(threading.Thread(target=_agent, args=(daemon, snode, stop)))
                 agents[-1].start()
-            daemon.cli(
-                "image", "import", "guest", "--kernel", str(kernel.vmlinux), "--initrd", str(initrd)
-            )
-            daemon.cli(
-                "profile",
-                "set",
-                "instance",
-                "--image",
-                "guest",
-                "--cmdline",
-                kernel_append(f"{GUEST_ADDR}/24"),
-            )
-            deadline = time.monotonic() + 60
-            while sum(h["reachable"] for h in daemon.api("GET", "/v1/hosts")["hosts"]) < 2:
-                assert time.monotonic() < deadline, daemon.api("GET", "/v1/hosts")
-                time.sleep(0.5)
+            boot_guest_as_instances(daemon, kernel.vmlinux, initrd, f"{GUEST_ADDR}/24")
+            wait_reachable(daemon, 2)
             daemon.cli(
                 "instance",
                 "start",
