@@ -49,6 +49,14 @@ class Request:
         return Change(actor=self.actor, reason=reason or None)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A handler's reply with a status other than its route's (a dry run that starts no job)."""
+
+    status: int
+    body: Any
+
+
 Handler = Callable[["App", Request], Awaitable[Any]]
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from cloudctl.api.base import App, Request, Route, body_string
+from cloudctl.api.base import Answer, App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
 from cloudctl.jobs import JobKind
 from cloudctl.pxe.catalog import ROLES
@@ -134,11 +134,14 @@ async def start_instance(app: App, request: Request) -> Any:
     if body.get("dry_run"):
         if node is not None:
             app.find_node(node)
-        return {
-            "dry_run": True,
-            "instance": instance.name,
-            **_placement_json(_plan(hv, instance, node)),
-        }
+        return Answer(
+            200,
+            {
+                "dry_run": True,
+                "instance": instance.name,
+                **_placement_json(_plan(hv, instance, node)),
+            },
+        )
     if existing is None:
         instance = await app.store.create_instance(instance, request.change())
     params = {"name": instance.name, "node": node}
@@ -181,7 +184,9 @@ async def migrate_instance(app: App, request: Request) -> Any:
             placement = hv.place(instance, to, source=instance.node)
         except JobError as exc:
             raise HttpError(404, str(exc)) from None
-        return {"dry_run": True, "instance": instance.name, **_placement_json(placement)}
+        return Answer(
+            200, {"dry_run": True, "instance": instance.name, **_placement_json(placement)}
+        )
     params = {"name": instance.name, "to": to}
     return (await app.runner.submit("instance-migrate", params, request.change())).to_json()
 

@@ -18,7 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from cloudctl.api.base import App, Request, error_status
+from cloudctl.api.base import Answer, App, Request, error_status
 from cloudctl.api.openapi import build_openapi
 from cloudctl.api.table import match
 from cloudctl.config import ApiConfig
@@ -180,6 +180,8 @@ class ApiServer:
                 except ValueError:
                     raise HttpError(400, "the request body is not valid JSON") from None
             payload = await route.handler(self.app, Request(head, path_params, body, actor))
+            if isinstance(payload, Answer):
+                return _json(payload.status, payload.body, keep_alive), keep_alive
             return _json(route.status, payload, keep_alive), keep_alive
         except asyncio.IncompleteReadError:
             return b"", False

@@ -3,6 +3,8 @@ instances (one driver file per node): placement explained, lifecycle jobs, bad i
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import Daemon, write_config
@@ -65,6 +67,15 @@ def test_dry_run_explains_every_candidate_and_changes_nothing(cloud):
     table = "\n".join(lines[1:])
     assert "hn2" in table and "hn3" in table and "unreachable" in table
     assert cloud.cli_json("instance", "list")["instances"] == []
+    # A dry run starts no job: 200 with the explanation, not 202.
+    from cloudctl.cli.client import _UnixConnection
+
+    conn = _UnixConnection(str(cloud.socket), 10)
+    body = '{"name": "web1", "memory_mib": 512, "vcpus": 1, "dry_run": true}'
+    conn.request("POST", "/v1/instances", body=body, headers={"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    assert answer.status == 200 and json.loads(answer.read())["node"] == "hn1"
+    conn.close()
     too_big = cloud.cli(
         "instance", "start", "x", "--memory", "8192", "--vcpus", "1", "--dry-run", check=False
     )
