@@ -22,6 +22,7 @@ _SCHEMAS: dict[str, Any] = {
             "role": {"type": ["string", "null"], "enum": ["hnode", "snode", None]},
             "ip": {"type": ["string", "null"]},
             "state": {"type": "string", "enum": ["discovered", "registered", "ready", "drained"]},
+            "segment": {"type": ["string", "null"], "description": "storage segment"},
             "created_at": {"type": "number"},
             "updated_at": {"type": "number"},
         },

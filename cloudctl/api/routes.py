@@ -104,6 +104,15 @@ async def drain_node(app: App, request: Request) -> Any:
     return {**drained, "job": job}
 
 
+async def set_segment(app: App, request: Request) -> Any:
+    """Move a node to another storage segment (its cabling changed); null: no segment."""
+    body = request.fields(required=(), optional=("segment", "reason"))
+    node = app.find_node(request.path_params["name"])
+    if "segment" not in body:
+        raise HttpError(400, "missing field 'segment' (null for none)")
+    return (await app.store.set_segment(node.name, _segment(body), request.change())).to_json()
+
+
 async def undrain_node(app: App, request: Request) -> Any:
     request.fields(optional=("reason",))
     node = app.find_node(request.path_params["name"])
@@ -271,6 +280,17 @@ ROUTES: tuple[Route, ...] = (
         "Mark a node unschedulable",
         request_schema=_REASON_BODY,
         response_schema=_NODE,
+    ),
+    Route(
+        "POST",
+        "/v1/nodes/{name}/segment",
+        set_segment,
+        "Set (or with null, clear) a node's storage segment",
+        request_schema={
+            "type": "object",
+            "properties": {"segment": {"type": ["string", "null"]}, "reason": {"type": "string"}},
+        },
+        response_schema={"$ref": "#/components/schemas/Node"},
     ),
     Route(
         "POST",

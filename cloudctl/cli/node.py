@@ -68,6 +68,17 @@ def register(nouns: argparse._SubParsersAction) -> None:
             sub.add_argument("--no-wait", action="store_true", help="do not follow the moves")
         sub.set_defaults(run=_change, verb=verb)
 
+    segment = verbs.add_parser(
+        "segment", help="set a node's storage segment (which storage nodes it reaches)"
+    )
+    segment.add_argument("name")
+    which = segment.add_mutually_exclusive_group(required=True)
+    which.add_argument("segment", nargs="?", help="the segment, e.g. rack-a")
+    which.add_argument("--clear", action="store_true", help="no segment: reaches every snode")
+    segment.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _reason(segment)
+    segment.set_defaults(run=_segment)
+
     failover = verbs.add_parser(
         "failover", help="restart a dead hardware node's instances on other nodes"
     )
@@ -150,6 +161,14 @@ def _change(args: argparse.Namespace, client: ApiClient) -> int:
         sys.stdout.flush()
         if not args.no_wait:
             return watch_job(client, job["id"])
+    return 0
+
+
+def _segment(args: argparse.Namespace, client: ApiClient) -> int:
+    body = {"segment": None if args.clear else args.segment}
+    if args.reason:
+        body["reason"] = args.reason
+    _print_node(client.request("POST", f"/v1/nodes/{args.name}/segment", body), args.output)
     return 0
 
 

@@ -292,6 +292,18 @@ class SqliteStore(BootRecords, StorageRecords, InstanceRecords, StateStore):
 
         return await self._write(op)
 
+    async def set_segment(self, name: str, segment: str | None, change: Change) -> Node:
+        def op(conn: sqlite3.Connection) -> Node:
+            node = _node(_node_row(conn, name))
+            conn.execute(
+                "UPDATE nodes SET segment = ?, updated_at = ? WHERE name = ?",
+                (segment, time.time(), name),
+            )
+            record_audit(conn, change, "node.segment", name, segment=segment, was=node.segment)
+            return _node(_node_row(conn, name))
+
+        return await self._write(op)
+
     async def accept_node(
         self, mac: str, request: NodeRequest, pool: AddressPool, change: Change
     ) -> Node:

@@ -66,6 +66,9 @@ class StateStore(ABC):
     async def set_drained(self, name: str, drained: bool, change: Change) -> Node: ...
 
     @abstractmethod
+    async def set_segment(self, name: str, segment: str | None, change: Change) -> Node: ...
+
+    @abstractmethod
     async def accept_node(
         self, mac: str, request: NodeRequest, pool: AddressPool, change: Change
     ) -> Node: ...

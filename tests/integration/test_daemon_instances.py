@@ -170,3 +170,14 @@ def test_drain_moves_nothing_when_migration_is_impossible_and_says_why(cloud):
     assert cloud.cli_json("instance", "show", "big")["node"] == "hn1"
     assert cloud.cli_json("node", "show", "hn1")["state"] == "drained"
     cloud.cli("node", "undrain", "hn1")
+
+
+def test_node_segment_is_set_and_cleared_with_one_line_errors(cloud):
+    node = cloud.cli_json("node", "segment", "hn1", "rack-a")
+    assert node["segment"] == "rack-a"
+    assert cloud.cli_json("node", "segment", "hn1", "--clear")["segment"] is None
+    bad = cloud.cli("node", "segment", "hn1", "Rack A", check=False)
+    assert bad.returncode == 1 and "invalid storage segment 'Rack A'" in bad.stderr
+    assert len(bad.stderr.splitlines()) == 1
+    audit = cloud.cli_json("audit", "list", "--target", "hn1")
+    assert [e["action"] for e in audit if e["action"] == "node.segment"] == ["node.segment"] * 2

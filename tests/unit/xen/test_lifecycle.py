@@ -406,3 +406,8 @@ async def test_storage_segments_decide_which_storage_nodes_a_node_reaches(cloud)
     assert cloud.hv.reachable_storage("hn4", frozenset({"sn2", "sn3"})) == {"sn3"}
     hosts = {h.name: h for h in cloud.hv.snapshot().hosts}
     assert hosts["hn4"].storage == {"sn1", "sn3"} and hosts["hn1"].storage == everything
+    # Recabled: hn4 moves to rack-b.
+    await cloud.store.set_segment("hn4", "rack-b", WHO)
+    assert cloud.hv.reachable_storage("hn4", everything) == {"sn2", "sn3"}
+    await cloud.store.set_segment("hn4", None, WHO)
+    assert cloud.hv.reachable_storage("hn4", everything) == everything
