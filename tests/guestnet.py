@@ -94,7 +94,7 @@ class Pinger:
     """
 
     def __init__(
-        self, lab: Lab, ns: str, target: str, interval: float = 0.05, grace: float = 0.5
+        self, lab: Lab, ns: str, target: str, interval: float = 0.05, grace: float = 0.25
     ) -> None:
         self.target = target
         self.interval = interval

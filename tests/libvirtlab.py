@@ -111,10 +111,26 @@ def segment(lab: Lab, subnet: str = "10.77.0.0/24", name: str = "sw") -> Segment
     """A switch namespace with bridge br0 and the subnet's first address on it."""
     network = ipaddress.IPv4Network(subnet)
     ns = lab.netns(name)
-    bridge = lab.bridge(ns, "br0")
     address = str(network.network_address + 1)
-    lab.address(ns, bridge, f"{address}/{network.prefixlen}")
+    bridge = addressed_bridge(lab, ns, "br0", f"{address}/{network.prefixlen}")
     return Segment(ns, bridge, network, address)
+
+
+def addressed_bridge(lab: Lab, ns: str, name: str, cidr: str) -> str:
+    """A lab bridge with an IPv4 address and a fixed MAC derived from it.
+
+    A Linux bridge without an assigned MAC takes the lowest MAC among its ports, and changes
+    it whenever a port comes or goes. libvirt's taps are fe:54:..., veths get random MACs; on
+    ~1 in 50 hosts the uplink's is higher, the host's address moves to the tap's MAC when a
+    guest arrives, and peers keep sending to the old one: a migration to that host stalled
+    until their ARP entry expired (seen: >10 s, "migration did not start copying memory").
+    """
+    lab.bridge(ns, name)
+    address = ipaddress.IPv4Address(cidr.partition("/")[0])
+    mac = "02:00:" + ":".join(f"{byte:02x}" for byte in address.packed)  # locally administered
+    lab.run(ns, ["ip", "link", "set", name, "address", mac])
+    lab.address(ns, name, cidr)
+    return name
 
 
 class LibvirtHost:
@@ -144,8 +160,7 @@ class LibvirtHost:
         self.proc: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0  # how long the last start() took
         self.ns = lab.netns(name)
-        lab.bridge(self.ns, bridge)
-        lab.address(self.ns, bridge, segment.cidr(address))
+        addressed_bridge(lab, self.ns, bridge, segment.cidr(address))
         lab.veth(
             self.ns,
             "uplink",
@@ -269,7 +284,8 @@ class LibvirtHost:
         for sub in ("etc", "run", "lib", "cache/qemu/capabilities", "log", "var.upper", "var.work"):
             (state / sub).mkdir(parents=True, exist_ok=True)
         # libvirt.conf and libvirt-admin.conf as the host has them; ours for the daemons.
-        shutil.copytree("/etc/libvirt", state / "etc", dirs_exist_ok=True)
+        if Path("/etc/libvirt").is_dir():
+            shutil.copytree("/etc/libvirt", state / "etc", dirs_exist_ok=True)
         (state / "etc" / "libvirtd.conf").write_text(
             LIBVIRTD_CONF.format(address=self.address, host_uuid=self.host_uuid)
         )
@@ -307,12 +323,15 @@ class LibvirtHost:
             conn.close()
         _save_capabilities(self.state_dir / "cache" / "qemu" / "capabilities")
 
-    def _log_tail(self) -> str:
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of libvirtd's log (warnings and errors only, see LIBVIRTD_CONF)."""
         try:
-            text = self.log.read_text(errors="replace")[-3000:]
+            return self.log.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return ""
-        return f"; {self.log} ends:\n{text}"
+
+    def _log_tail(self) -> str:
+        return f"; {self.log} ends:\n{self.log_tail()}"
 
 
 def _write_accounts(state: Path) -> None:

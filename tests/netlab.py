@@ -108,6 +108,10 @@ class Lab:
             "add",
             ifname=name,
             kind="bridge",
+            # Without a MAC of its own a bridge takes its lowest port's and changes it as ports
+            # come and go; an address on it then moves under its peers' ARP caches (seen with
+            # libvirt's fe:54:.. taps joining during a migration).
+            address="02:" + ":".join(secrets.token_hex(1) for _ in range(5)),
             br_forward_delay=0,
             br_stp_state=0,
             br_mcast_snooping=0,
