@@ -66,6 +66,9 @@ def _new_instance(app: App, body: dict) -> Instance:
     profile = body_string(body, "profile") or "instance"
     if profile not in ROLES:
         raise HttpError(400, f"unknown profile {profile!r}: choose one of {', '.join(ROLES)}")
+    boot = body_string(body, "boot")
+    if boot is not None and boot not in ("pvh", "hvm"):
+        raise HttpError(400, f"boot must be pvh or hvm, got {boot!r}")
     volume = body_string(body, "volume")
     if volume is not None and app.store.get_volume(volume) is None:
         raise NotFound(f"no volume named {volume!r}")
@@ -85,6 +88,7 @@ def _new_instance(app: App, body: dict) -> Instance:
         volume=volume,
         created_at=now,
         updated_at=now,
+        boot=boot,
     )
 
 
@@ -118,6 +122,7 @@ async def start_instance(app: App, request: Request) -> Any:
             "volume",
             "profile",
             "group",
+            "boot",
             "dry_run",
             "reason",
         ),
@@ -289,6 +294,7 @@ ROUTES: tuple[Route, ...] = (
                 "volume": {"type": "string"},
                 "profile": {"type": "string"},
                 "group": {"type": "string"},
+                "boot": {"type": "string", "enum": ["pvh", "hvm"]},
                 "dry_run": {"type": "boolean"},
                 "reason": {"type": "string"},
             },

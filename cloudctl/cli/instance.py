@@ -15,6 +15,7 @@ from cloudctl.cli.output import print_fields, print_json, print_table
 _FIELDS = (
     "name",
     "state",
+    "boot",
     "node",
     "memory_mib",
     "vcpus",
@@ -40,6 +41,11 @@ def register(nouns: argparse._SubParsersAction) -> None:
     start.add_argument("--volume", metavar="VOL", help="its disk: a volume (see `volume list`)")
     start.add_argument("--profile", metavar="P", help="boot profile (default: instance)")
     start.add_argument("--group", help="anti-affinity group: never two members on one node")
+    start.add_argument(
+        "--boot",
+        choices=("pvh", "hvm"),
+        help="Xen guest type (default: hypervisor.boot); HVM without a profile image PXE-boots",
+    )
     start.add_argument(
         "--dry-run", action="store_true", help="print the candidate nodes and why; change nothing"
     )
@@ -128,6 +134,7 @@ def _start(args: argparse.Namespace, client: ApiClient) -> int:
         "volume": args.volume,
         "profile": args.profile,
         "group": args.group,
+        "boot": args.boot,
         "reason": args.reason,
         "dry_run": True if args.dry_run else None,
     }

@@ -290,11 +290,13 @@ class Instance:
     volume: str | None
     created_at: float
     updated_at: float
+    boot: str | None = None  # "pvh" or "hvm"; None: hypervisor.boot of the config
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "uuid": self.uuid,
+            "boot": self.boot,
             "mac": self.mac,
             "memory_mib": self.memory_mib,
             "vcpus": self.vcpus,

@@ -169,6 +169,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE images ADD COLUMN disk_size INTEGER;
     ALTER TABLE volumes ADD COLUMN image TEXT REFERENCES images (name);
     """,
+    # 8: an instance may ask for HVM (or PVH) instead of the hypervisor section's default.
+    """
+    ALTER TABLE instances ADD COLUMN boot TEXT CHECK (boot IN ('pvh', 'hvm'));
+    """,
 )
 
 

@@ -17,7 +17,8 @@ from cloudctl.state.models import Instance, InstanceState
 from cloudctl.state.store import Change
 
 _COLUMNS = (
-    "name, uuid, mac, memory_mib, vcpus, node, state, grp, profile, volume, created_at, updated_at"
+    "name, uuid, mac, memory_mib, vcpus, node, state, grp, profile, volume, created_at, "
+    "updated_at, boot"
 )
 
 
@@ -35,6 +36,7 @@ def _instance(row: tuple) -> Instance:
         volume=row[9],
         created_at=row[10],
         updated_at=row[11],
+        boot=row[12],
     )
 
 
@@ -82,7 +84,7 @@ class InstanceRecords:
             if instance.node is not None:
                 _check_hnode(conn, instance.node)
             conn.execute(
-                f"INSERT INTO instances ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO instances ({_COLUMNS}) VALUES ({', '.join('?' * 13)})",
                 (
                     instance.name,
                     instance.uuid,
@@ -96,6 +98,7 @@ class InstanceRecords:
                     instance.volume,
                     instance.created_at,
                     instance.updated_at,
+                    instance.boot,
                 ),
             )
             record_audit(

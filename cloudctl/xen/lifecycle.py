@@ -187,12 +187,13 @@ class Hypervisors:
         if profile.image is not None:
             images = Path(self.config.boot.image_dir) / profile.image
             kernel, initrd = str(images / "kernel"), str(images / "initrd")
-        network_boot = kernel is None and self.hv.flavour == "xen" and self.hv.boot == "hvm"
+        boot = instance.boot or self.hv.boot
+        network_boot = kernel is None and self.hv.flavour == "xen" and boot == "hvm"
         if kernel is None and not network_boot:
             raise JobError(
                 f"profile {instance.profile} has no image for {instance.name} to boot: "
                 f"`cloudctl profile set {instance.profile} --image IMAGE`"
-                + (" (or boot: hvm to boot from the network)" if self.hv.flavour == "xen" else "")
+                + (" (or --boot hvm to boot from the network)" if self.hv.flavour == "xen" else "")
             )
         disks: tuple[Disk, ...] = ()
         if instance.volume is not None:
@@ -205,7 +206,7 @@ class Hypervisors:
                 memory_mib=instance.memory_mib,
                 vcpus=instance.vcpus,
                 flavour=self.hv.flavour,
-                boot="hvm" if self.hv.flavour == "qemu" else self.hv.boot,
+                boot="hvm" if self.hv.flavour == "qemu" else boot,
                 kernel=kernel,
                 initrd=initrd,
                 cmdline="" if network_boot else self._cmdline(profile.cmdline, instance),

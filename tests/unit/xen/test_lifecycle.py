@@ -411,3 +411,47 @@ async def test_storage_segments_decide_which_storage_nodes_a_node_reaches(cloud)
     assert cloud.hv.reachable_storage("hn4", everything) == {"sn2", "sn3"}
     await cloud.store.set_segment("hn4", None, WHO)
     assert cloud.hv.reachable_storage("hn4", everything) == everything
+
+
+def test_xen_instances_are_pvh_unless_they_ask_for_hvm(tmp_path):
+    import dataclasses
+
+    from cloudctl.xen.domxml import domain_xml
+
+    async def go():
+        cloud = Cloud(tmp_path)
+        await cloud.open()
+        try:
+            cloud.hv.hv = dataclasses.replace(cloud.hv.hv, flavour="xen", boot="pvh")
+            pvh = await cloud.create("pvh1")
+            spec = cloud.hv.spec(pvh)
+            assert spec.boot == "pvh" and '<type arch="x86_64" machine="xenpvh">' in (
+                domain_xml(spec).replace("'", '"')
+            )
+            now = time.time()
+            hvm = await cloud.store.create_instance(
+                Instance(
+                    "hvm1",
+                    _uuid("hvm1"),
+                    "00:16:3e:00:00:09",
+                    512,
+                    1,
+                    None,
+                    InstanceState.STOPPED,
+                    None,
+                    "instance",
+                    None,
+                    now,
+                    now,
+                    boot="hvm",
+                ),
+                WHO,
+            )
+            assert cloud.store.get_instance("hvm1").boot == "hvm"
+            spec = cloud.hv.spec(hvm)
+            assert spec.boot == "hvm" and spec.kernel is not None  # the profile's kernel
+            assert 'machine="xenfv">hvm</type>' in domain_xml(spec).replace("'", '"')
+        finally:
+            await cloud.close()
+
+    asyncio.run(go())
