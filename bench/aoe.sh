@@ -11,8 +11,11 @@
 # Environment (all optional): AOE_BENCH_ROUNDS (3: each round runs every server once, the order
 # alternating; the table shows each cell's median), AOE_BENCH_MTUS ("1500,9000"),
 # AOE_BENCH_SERVERS ("cloudctl,vblade"; add vblade-sync for `vblade -s`, whose WRITE answers
-# wait for the disk as cloudctl's do). `.venv/bin/python bench/aoe_bench.py backing` measures
-# the durability options behind cloudctl/aoe/backing.py on this machine's disk (host only).
+# wait for the disk as cloudctl's do; cloudctl@N for cloudctl advertising N buffers; and
+# cloudctl-base for cloudctl run from AOE_BENCH_BASELINE, a directory holding another copy of the
+# cloudctl package, for before/after in one run), AOE_BENCH_ROWS ("read,write,randread"),
+# AOE_BENCH_MIB (256). `.venv/bin/python bench/aoe_bench.py backing` measures the durability
+# options behind cloudctl/aoe/backing.py on this machine's disk (host only).
 #
 # Everything runs in network namespaces that the helper creates (tests/netlab.py) and removes on
 # exit; qemu, the targets and vblade are started and stopped by PID inside them.

@@ -29,10 +29,12 @@ FIO = Path("/usr/bin/fio")
 SIZE_MIB = 256
 FIO_SECONDS = 15
 FIO_DEPTH = 16
-# One device per server in the guest (e1.1, e2.1, e3.1). vblade-sync is vblade -s (O_SYNC): a
-# WRITE answered only once on disk, the promise cloudctl keeps; plain vblade answers from the
-# page cache.
-SHELF = {"cloudctl": 1, "vblade": 2, "vblade-sync": 3}
+# Servers: cloudctl; cloudctl@N (its buffer count set to N instead of the default);
+# cloudctl-base, cloudctl run from another tree (AOE_BENCH_BASELINE: a directory holding a
+# `cloudctl` package, e.g. a copy taken before a change), for before/after in one run; vblade;
+# vblade-sync, which is vblade -s (O_SYNC): a WRITE answered only once on disk, the promise
+# cloudctl keeps (plain vblade answers from the page cache). Each server gets its own device
+# in the guest: shelf = its position in the list, slot 1.
 ROWS = (("seq read", "MB/s"), ("seq write", "MB/s"), ("rand read 4k", "IOPS"))
 
 
@@ -56,16 +58,17 @@ def fio_iops(output: str) -> float:
     raise RuntimeError(f"no fio terse line in {output!r}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measure(
     agent: GuestAgent, device: str, pid: int, rows: tuple[str, ...]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The figures of `rows`, and the server's CPU seconds during each."""
+) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+    """The figures of `rows`, and the server's user and system CPU seconds during each."""
     dev = f"/dev/etherd/{device}"
     figures, cpu = {}, {}
     for row in rows:
@@ -84,7 +87,8 @@ def measure(
                 FIO_SECONDS + 120,
             )
             figures[row] = fio_iops(fio)
-        cpu[row] = cpu_seconds(pid) - before
+        after = cpu_seconds(pid)
+        cpu[row] = (after[0] - before[0], after[1] - before[1])
     return figures, cpu
 
 
@@ -118,9 +122,10 @@ def bench_mtu(
                 order = servers if round_no % 2 == 0 else list(reversed(servers))
                 for server in order:
                     settle(backing)
-                    pid, stop = start_server(rig, server, backing)
+                    shelf = servers.index(server) + 1
+                    pid, stop = start_server(rig, server, shelf, backing)
                     try:
-                        device = f"e{SHELF[server]}.1"
+                        device = f"e{shelf}.1"
                         rig.wait_devices(device, timeout=30)
                         assert rig.agent is not None
                         figures, cpu = measure(rig.agent, device, pid, rows)
@@ -131,7 +136,8 @@ def bench_mtu(
                     print(
                         f"  round {round_no + 1} {server:8s} "
                         + "  ".join(
-                            f"{row} {value:7.1f} (cpu {cpu[row]:4.1f} s)"
+                            f"{row} {value:7.1f} (cpu {sum(cpu[row]):4.1f} s, "
+                            f"user {cpu[row][0]:4.1f})"
                             for row, value in figures.items()
                         ),
                         flush=True,
@@ -141,48 +147,86 @@ def bench_mtu(
     return results
 
 
-def start_server(rig: AoeRig, server: str, backing: Path) -> tuple[int, Callable[[], None]]:
-    """Start a server on sn1; returns its pid and how to stop it."""
-    if server == "cloudctl":
-        target = rig.target("sn1", [export(SHELF[server], 1, backing)])
+def start_server(
+    rig: AoeRig, server: str, shelf: int, backing: Path
+) -> tuple[int, Callable[[], None]]:
+    """Start a server on sn1 exporting eSHELF.1; returns its pid and how to stop it."""
+    if server == "cloudctl" or server.startswith("cloudctl@"):
+        settings = {"buffer_count": int(server[9:])} if "@" in server else {}
+        target = rig.target("sn1", [export(shelf, 1, backing)], **settings)
+        return target.pid, lambda: stop_target(rig.lab, target)
+    if server == "cloudctl-base":
+        tree = os.environ.get("AOE_BENCH_BASELINE")
+        if not tree or not (Path(tree) / "cloudctl").is_dir():
+            raise SystemExit("cloudctl-base needs AOE_BENCH_BASELINE=DIR holding a cloudctl/")
+        target = BaselineTarget(rig.lab, rig.nodes["sn1"], ["sn1e0"], [export(shelf, 1, backing)])
+        target.tree = Path(tree)
+        target.start()
         return target.pid, lambda: stop_target(rig.lab, target)
     if server == "vblade":
-        proc = rig.vblade("sn1", SHELF[server], 1, backing)
+        proc = rig.vblade("sn1", shelf, 1, backing)
     elif server == "vblade-sync":
-        argv = ["vblade", "-s", str(SHELF[server]), "1", "sn1e0", str(backing)]
+        argv = ["vblade", "-s", str(shelf), "1", "sn1e0", str(backing)]
         proc = rig.lab.spawn(rig.nodes["sn1"], argv, rig.lab.workdir / "vblade-sync.log")
     else:
-        raise SystemExit(f"unknown server {server!r}: use cloudctl, vblade, vblade-sync")
+        raise SystemExit(
+            f"unknown server {server!r}: use cloudctl, cloudctl@N, cloudctl-base, vblade, "
+            "vblade-sync"
+        )
     return proc.pid, lambda: rig.lab.stop(proc)
+
+
+class BaselineTarget(TargetProcess):
+    """`python -m cloudctl.cli.aoe serve` started in another tree: with -m the working directory
+    comes first on sys.path, ahead of the venv's editable install of this one."""
+
+    tree: Path
+
+    def start(self) -> BaselineTarget:
+        argv = [sys.executable, "-m", "cloudctl.cli.aoe", "serve", str(self.config)]
+        self.proc = self.lab.spawn(self.ns, argv, self.log, cwd=self.tree)
+        self.ready = self.wait_event("ready")
+        return self
 
 
 def stop_target(lab: Lab, target: TargetProcess) -> None:
     assert target.proc is not None
     lab.stop(target.proc)
     stopped = target.events()[-1]
+    groups, seconds = stopped.get("batches") or 0, stopped.get("commit_seconds")
+    cycle = f", {seconds / groups * 1000:.2f} ms per commit" if seconds and groups else ""
     print(
-        f"    cloudctl target: {stopped.get('received')} frames in {stopped.get('batches')} "
-        f"wakeups (largest {stopped.get('largest_batch')}), {stopped.get('commits')} fdatasyncs",
+        f"    {type(target).__name__}: {stopped.get('received')} frames, {groups} batches "
+        f"(largest {stopped.get('largest_batch')}), {stopped.get('commits')} fdatasyncs{cycle}, "
+        f"{stopped.get('crashes')} crashes",
         flush=True,
     )
 
 
 def table(all_results: dict[int, dict], servers: list[str], rows: tuple[str, ...]) -> str:
     ours, theirs = "cloudctl", "vblade"
-    head = f"{'MTU':>5}  {'row':13s} {'unit':5s}" + "".join(f"{s:>12s}" for s in servers)
+    head = f"{'MTU':>5}  {'row':13s} {'unit':5s}" + "".join(f"{s:>14s}" for s in servers)
     compare = ours in servers and theirs in servers
-    lines = [head + (f"{ours + '/' + theirs:>17s}" if compare else "")]
+    base = "cloudctl-base" in servers and theirs in servers
+    lines = [
+        head
+        + (f"{ours + '/' + theirs:>17s}" if compare else "")
+        + (f"{'base/' + theirs:>13s}" if base else "")
+    ]
     misses = 0
     for mtu, results in all_results.items():
         for row, unit in ROWS:
             if row not in rows:
                 continue
             cells = {s: statistics.median(results[(s, row)]) for s in servers}
-            line = f"{mtu:>5}  {row:13s} {unit:5s}" + "".join(f"{cells[s]:12.1f}" for s in servers)
+            line = f"{mtu:>5}  {row:13s} {unit:5s}" + "".join(f"{cells[s]:14.1f}" for s in servers)
             if compare:
                 ratio = cells[ours] / cells[theirs] if cells[theirs] else float("inf")
                 misses += ratio < 1
                 line += f"{ratio:16.2f}" + ("" if ratio >= 1 else "!")
+            if base:
+                ratio = cells["cloudctl-base"] / cells[theirs] if cells[theirs] else float("inf")
+                line += f"{ratio:13.2f}"
             lines.append(line)
     if compare:
         lines.append(f"rows where cloudctl < vblade: {misses} (marked !)")

@@ -310,6 +310,25 @@ def test_update_exports_adds_removes_and_changes_acls_without_restart(rig):
     print(f"SIGHUP to reloaded event: {took * 1000:.0f} ms")
 
 
+def test_sigterm_stops_every_thread_promptly_after_reads_and_writes(rig):
+    lab, tgt, cli = rig
+    path = image(lab, "t.img", 1 << 20)
+    target = TargetProcess(lab, tgt, ["tgt0"], [export(6, 1, path)]).start()
+    initiator, mac = Initiator(lab, cli, "cli0"), target.mac()
+    tags = {initiator.send(mac, 6, 1, write(lba * 2, bytes([lba]) * 1024)) for lba in range(32)}
+    tags |= {initiator.send(mac, 6, 1, read(lba * 2, 2)) for lba in range(32)}
+    assert len(initiator.wait(tags, timeout=10)) == 64
+    assert target.proc is not None
+    started = time.monotonic()
+    assert lab.stop(target.proc) == 0  # SIGTERM, not the SIGKILL that follows 5 s later
+    took = time.monotonic() - started
+    stopped = target.events()[-1]
+    assert stopped["event"] == "stopped" and stopped["crashes"] == 0
+    assert stopped["received"] == 64 and stopped["sent"] == 64
+    assert took < 2, f"stopping took {took:.2f} s"
+    print(f"SIGTERM to exit: {took * 1000:.0f} ms")
+
+
 def test_100000_mutated_frames_then_the_target_still_answers(rig):
     lab, tgt, cli = rig
     # The exports the fuzz corpus aims at (tests/unit/aoe/test_fuzz.py: responder()).

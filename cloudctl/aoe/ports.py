@@ -1,0 +1,361 @@
+"""The AoE target's threads and sockets: one blocking reader thread per interface (receive,
+hand the frame to the responder, send the answer: vblade's model) and one commit thread that
+makes queued WRITEs durable and then sends their answers itself. Moves frames only; every
+protocol decision stays in responder.py, every write and fdatasync in backing.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from cloudctl.aoe import ata
+from cloudctl.aoe.backing import CommitGroup, FileBlockStore
+from cloudctl.aoe.codec import ETHERTYPE_AOE, HEADER_LEN, AoeCodecError, max_sectors_for_mtu
+
+if TYPE_CHECKING:
+    from cloudctl.aoe.responder import Responder
+
+__all__ = ["GroupCommitter", "Port", "PortError", "interface_mtu", "open_port"]
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BUFFER_BYTES = 8 << 20
+SEND_BUFFER_BYTES = 4 << 20
+FRAME_BUFFER_BYTES = 64 << 10  # larger than any frame at any MTU: nothing is ever truncated
+# How long a blocked recv waits before the reader looks at its stop flag (SO_RCVTIMEO): the
+# bound on close(). A kernel timeout, not a Python one, so a frame costs one recv syscall.
+STOP_POLL_SECONDS = 0.05
+# A send that cannot get buffer space for this long is dropped (the initiator retransmits).
+SEND_TIMEOUT_SECONDS = 1.0
+# After a thread's loop failed unexpectedly (a bug), the pause before it serves again.
+RESTART_DELAY_SECONDS = 0.05
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+SIOCGIFMTU = 0x8921
+# Byte offsets in an ATA answer, patched when a group commit fails after the answer was built.
+_ERROR_AT = HEADER_LEN + 1
+_COUNT_AT = HEADER_LEN + 2
+_STATUS_AT = HEADER_LEN + 3
+
+Handler = Callable[[memoryview], list[bytes | bytearray]]
+
+
+class PortError(Exception):
+    """An interface cannot be served; the message says which and why."""
+
+
+class Port:
+    """One interface: its socket, the responder's `handle` for it (swapped by the target under
+    the I/O lock) and its reader thread. Counters are written by this port's threads only."""
+
+    def __init__(self, name: str, sock: socket.socket, mac: bytes, mtu: int) -> None:
+        self.name = name
+        self.sock = sock
+        self.mac = mac
+        self.mtu = mtu
+        self.responder: Responder | None = None  # its handle() is what the reader calls
+        self.handle: Handler | None = None
+        self.sent = self.send_errors = self.crashes = 0
+        self.write_sent = self.write_send_errors = 0  # by the commit thread
+        self._buf = bytearray(FRAME_BUFFER_BYTES)
+        self._view = memoryview(self._buf)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self, lock: threading.Lock, group: CommitGroup, committer: GroupCommitter) -> None:
+        self._thread = threading.Thread(
+            target=self._serve,
+            args=(lock, group, committer),
+            name=f"aoe-read-{self.name}",
+            daemon=True,  # close() joins it; daemon only so a lost target cannot hang exit
+        )
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the reader to stop; it does within STOP_POLL_SECONDS."""
+        self._stopping = True
+
+    def stop(self) -> None:
+        """Stop reading and wait for the thread; the socket stays open for the commit
+        thread's answers."""
+        self._stopping = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def send_write_answer(self, answer: bytes | bytearray) -> None:
+        """Send from the commit thread (its own counters: no lost updates between threads)."""
+        try:
+            self.sock.send(answer)
+        except OSError as exc:
+            # ENOBUFS (the device queue dropped it), ENETDOWN, the send timeout...: the
+            # initiator retransmits, and the rewrite is committed again.
+            self.write_send_errors += 1
+            log.debug("AoE send on %s failed: %s", self.name, exc)
+        else:
+            self.write_sent += 1
+
+    # --- the reader thread --------------------------------------------------------------------
+
+    def _serve(self, lock: threading.Lock, group: CommitGroup, committer: GroupCommitter) -> None:
+        while not self._stopping:
+            try:
+                self._read_loop(lock, group, committer)
+            except Exception:  # a bug in this loop: say so, count it, serve on
+                self.crashes += 1
+                log.exception("AoE reader on %s failed; restarting it", self.name)
+                time.sleep(RESTART_DELAY_SECONDS)
+
+    def _read_loop(
+        self, lock: threading.Lock, group: CommitGroup, committer: GroupCommitter
+    ) -> None:
+        buf, view = self._buf, self._view
+        recv_into, send = self.sock.recv_into, self.sock.send
+        add_writes = committer.add
+        while not self._stopping:
+            try:
+                n = recv_into(buf)
+            except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: look at the stop flag
+                continue
+            except OSError as exc:  # e.g. ENETDOWN while the link flaps
+                if self._stopping:
+                    return
+                log.warning("AoE receive on %s failed: %s", self.name, exc)
+                time.sleep(RESTART_DELAY_SECONDS)
+                continue
+            with lock:
+                handle = self.handle
+                if handle is None:
+                    continue
+                writes = group.writes
+                try:
+                    answers = handle(view[:n])
+                except Exception:  # handle() promises not to raise; a bug must not stop us
+                    self.crashes += 1
+                    log.exception("AoE responder failed on a %d-byte frame from %s", n, self.name)
+                    continue
+                if group.writes != writes:
+                    # A WRITE was queued: its answer leaves from the commit thread, after the
+                    # fdatasync that covers it.
+                    add_writes(self, answers, group.last_store, buf[_COUNT_AT])
+                    continue
+            for answer in answers:
+                try:
+                    send(answer)
+                except OSError as exc:
+                    self.send_errors += 1
+                    log.debug("AoE send on %s failed: %s", self.name, exc)
+                else:
+                    self.sent += 1
+
+
+class GroupCommitter:
+    """The commit thread. Readers `add` write answers (holding the I/O lock); the thread takes
+    everything waiting (pwritev under the lock), fdatasyncs outside it while the readers go on,
+    then sends the group's answers. WRITEs that arrive meanwhile form the next group.
+
+    An idle thread sleeps on a bare lock that `add` releases: two C calls per group, where a
+    Condition costs a new lock and Python bookkeeping per wait. `groups` counts commit cycles,
+    `largest_group` the most answers in one, `busy_seconds` the time from take to the last
+    answer sent, summed."""
+
+    def __init__(self, lock: threading.Lock, group: CommitGroup) -> None:
+        self._lock = lock  # the I/O lock: guards _waiting, _idle, _stopping
+        self._wake = threading.Lock()
+        self._wake.acquire()  # held while nobody woke the thread
+        self._group = group
+        self._waiting: list[tuple[Port, bytes | bytearray, FileBlockStore | None, int]] = []
+        self._idle = False
+        self._busy = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.groups = self.largest_group = self.crashes = 0
+        self.busy_seconds = 0.0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="aoe-commit", daemon=True)
+        self._thread.start()
+
+    def add(
+        self,
+        port: Port,
+        answers: list[bytes | bytearray],
+        store: FileBlockStore | None,
+        count: int,
+    ) -> None:
+        """Queue write answers for the next commit. The caller holds the I/O lock."""
+        for answer in answers:
+            self._waiting.append((port, answer, store, count))
+        if self._idle:
+            self._idle = False
+            self._wake.release()
+
+    def settle(self, rounds: int = 1 << 30) -> None:
+        """Block until no write answer waits for a commit, or `rounds` commits ended. Two
+        rounds cover every write made before the call: the running commit, and the one that
+        takes what waited meanwhile (more could starve under a steady stream of writes).
+        Polls: it runs on export changes only, and the hot path then needs no notification."""
+        until = self.groups + rounds
+        while (self._waiting or self._busy) and self.groups < until and self.alive:
+            time.sleep(0.001)
+
+    def stop(self) -> None:
+        """Commit and answer what waits, then end the thread. Call after the readers stopped."""
+        with self._lock:
+            self._stopping = True
+            if self._idle:
+                self._idle = False
+                self._wake.release()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                if not self._cycle():
+                    return
+            except Exception:  # a bug: say so, count it, commit on
+                self.crashes += 1
+                log.exception("AoE commit thread failed; restarting it")
+                time.sleep(RESTART_DELAY_SECONDS)
+
+    def _cycle(self) -> bool:
+        group = self._group
+        with self._lock:
+            if not self._waiting:
+                if self._stopping:
+                    return False
+                self._idle = True
+                answers = None
+            else:
+                answers, self._waiting = self._waiting, []
+                self._busy = True
+                started = time.perf_counter()
+                try:
+                    stores: list[FileBlockStore] | None = group.take()  # readers wait: reads
+                except Exception:  # see these writes. A bug: nothing is known durable.
+                    self.crashes += 1
+                    log.exception("AoE commit failed to write out its group")
+                    stores = None
+        if answers is None:
+            self._wake.acquire()  # until add() or stop() releases it
+            return True
+        failed: set[FileBlockStore] | None = None
+        if stores is not None:
+            try:
+                failed = group.sync(stores)
+            except Exception:
+                self.crashes += 1
+                log.exception("AoE commit failed to sync its group")
+        self._finish(answers, failed, started)
+        return True
+
+    def _finish(
+        self,
+        answers: list[tuple[Port, bytes | bytearray, FileBlockStore | None, int]],
+        failed: set[FileBlockStore] | None,
+        started: float,
+    ) -> None:
+        if failed is None:
+            for port, answer, _, count in answers:
+                _fail_write_answer(answer, count)
+                port.send_write_answer(answer)
+        elif failed:
+            for port, answer, store, count in answers:
+                if store in failed:
+                    _fail_write_answer(answer, count)
+                port.send_write_answer(answer)
+        else:
+            for port, answer, _, _ in answers:
+                port.send_write_answer(answer)
+        self.groups += 1
+        if len(answers) > self.largest_group:
+            self.largest_group = len(answers)
+        self.busy_seconds += time.perf_counter() - started
+        self._busy = False
+
+
+def _fail_write_answer(answer: bytes | bytearray, count: int) -> None:
+    # The data may not be on stable storage: turn the acknowledgement into an ATA error, with
+    # the registers the responder uses for a failed write.
+    assert isinstance(answer, bytearray)
+    answer[_ERROR_AT] = ata.ERROR_ABRT
+    answer[_COUNT_AT] = count
+    answer[_STATUS_AT] = ata.STATUS_DRDY | ata.STATUS_ERR
+
+
+# --- sockets ----------------------------------------------------------------------------------
+
+
+def open_port(name: str) -> Port:
+    """A blocking AF_PACKET socket for AoE on `name`, with large buffers and kernel timeouts
+    (SO_RCVTIMEO lets the reader see a stop; SO_SNDTIMEO bounds a send into a full queue)."""
+    kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    try:
+        sock = socket.socket(socket.AF_PACKET, kind, socket.htons(ETHERTYPE_AOE))
+    except PermissionError:
+        raise PortError("AF_PACKET sockets need root (or CAP_NET_RAW)") from None
+    try:
+        try:
+            sock.bind((name, ETHERTYPE_AOE))
+        except OSError as exc:
+            raise PortError(f"cannot serve AoE on {name!r}: {exc.strerror}") from None
+        _grow_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        _grow_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(STOP_POLL_SECONDS))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(SEND_TIMEOUT_SECONDS))
+        mac = sock.getsockname()[4]
+        if len(mac) != 6 or mac == bytes(6):
+            raise PortError(f"{name} has no Ethernet address")
+        return Port(name, sock, mac, interface_mtu(sock, name))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
+def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)  # root: past net.core.[rw]mem_max
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def interface_mtu(sock: socket.socket, name: str) -> int:
+    """The MTU of `name` in the socket's own network namespace.
+
+    Asked through the socket (SIOCGIFMTU) rather than /sys/class/net/NAME/mtu: /sys shows the
+    namespace it was mounted in, which for a process that entered a namespace with setns (not
+    `ip netns exec`) is another one, where NAME may exist with another MTU.
+    """
+    request = struct.pack("16si12x", name.encode()[:15], 0)
+    try:
+        reply = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, request)
+    except OSError as exc:
+        raise PortError(f"cannot read the MTU of {name}: {exc.strerror}") from None
+    mtu = struct.unpack_from("16si", reply)[1]
+    try:
+        max_sectors_for_mtu(mtu)
+    except AoeCodecError as exc:
+        raise PortError(f"{name}: {exc}") from None
+    return mtu
