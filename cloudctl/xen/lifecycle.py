@@ -25,7 +25,7 @@ from cloudctl.jobs import JobContext, JobError
 from cloudctl.pxe.catalog import default_profile
 from cloudctl.scheduler.placement import explain, ledger_from
 from cloudctl.state import StateStore
-from cloudctl.state.models import Instance, InstanceState
+from cloudctl.state.models import Instance, InstanceState, Volume
 from cloudctl.state.store import Change
 from cloudctl.xen.domxml import Disk, DomainSpecError, InstanceSpec, Nic, domain_xml
 from cloudctl.xen.hosts import HostLink, HostPool, HypervisorError
@@ -42,6 +42,19 @@ PLACED = (
     InstanceState.LOST,
 )
 START_WAIT_SECONDS = 60.0
+
+
+def _healthy_legs(volume: Volume) -> frozenset[str]:
+    """The storage nodes holding an active leg of `volume`."""
+    return frozenset(leg.snode for leg in volume.legs if leg.state == "active")
+
+
+def _reach(segment: str | None, snodes: dict[str, str | None]) -> frozenset[str]:
+    """AoE is layer 2: a node reaches the storage nodes of its segment and those without one;
+    a node without a segment reaches them all."""
+    if segment is None:
+        return frozenset(snodes)
+    return frozenset(name for name, theirs in snodes.items() if theirs in (None, segment))
 
 
 class Hypervisors:
@@ -76,28 +89,24 @@ class Hypervisors:
         if instance.volume is None:
             return frozenset()
         volume = self.store.get_volume(instance.volume)
-        if volume is None:
-            return frozenset()
-        return frozenset(leg.snode for leg in volume.legs if leg.state == "active")
+        return _healthy_legs(volume) if volume is not None else frozenset()
+
+    def _segments(self, in_service: frozenset[str] | None = None) -> dict[str, str | None]:
+        """Storage nodes (all, or those in `in_service`) -> their storage segment."""
+        return {
+            n.name: n.segment
+            for n in self.store.list_nodes(role=Role.SNODE)
+            if in_service is None or n.name in in_service
+        }
 
     def reachable_storage(self, hnode: str, in_service: frozenset[str]) -> frozenset[str]:
-        """Storage nodes `hnode` has a path to. AoE is layer 2: a node reaches the storage
-        nodes of its segment and those without one; a node without a segment reaches all."""
+        """Storage nodes `hnode` has a path to (see _reach)."""
         node = self.store.get_node(hnode)
-        segment = node.segment if node is not None else None
-        if segment is None:
-            return in_service
-        return frozenset(
-            sn.name
-            for sn in self.store.list_nodes(role=Role.SNODE)
-            if sn.name in in_service and sn.segment in (None, segment)
-        )
+        return _reach(node.segment if node is not None else None, self._segments(in_service))
 
     def snapshot(self) -> scheduler.Snapshot:
         down = set(self.store.storage_in_maintenance())
-        snodes = frozenset(
-            n.name for n in self.store.list_nodes(role=Role.SNODE) if n.name not in down
-        )
+        snodes = {name: seg for name, seg in self._segments().items() if name not in down}
         hosts = []
         for node in self.hnodes():
             link = self.pool.links.get(node.name)
@@ -109,10 +118,12 @@ class Hypervisors:
                     vcpus=info.vcpus if info else 0,
                     drained=node.state is NodeState.DRAINED,
                     reachable=bool(link is not None and link.reachable and info),
-                    storage=self.reachable_storage(node.name, snodes),
+                    storage=_reach(node.segment, snodes),
                 )
             )
         names = {h.name for h in hosts}
+        # One read of every volume, not one per instance: placements take a snapshot each.
+        legs = {v.name: _healthy_legs(v) for v in self.store.list_volumes()}
         instances = []
         for inst in self.store.list_instances():
             placed = inst.node if inst.state in PLACED and inst.node in names else None
@@ -123,7 +134,7 @@ class Hypervisors:
                     vcpus=inst.vcpus,
                     host=placed,
                     group=inst.group,
-                    storage=self._storage_of(inst),
+                    storage=legs.get(inst.volume, frozenset()) if inst.volume else frozenset(),
                     volumes=(inst.volume,) if inst.volume else (),
                 )
             )
@@ -316,6 +327,27 @@ class Hypervisors:
             return
         await self.store.assign_volume(instance.volume, node, attach, SYSTEM)
 
+    async def boot_on(
+        self, instance: Instance, node: str, change: Change, action: str = "instance.state"
+    ) -> None:
+        """Record `instance` starting on `node`, give the node its volume and start the domain.
+        JobError if it does not come up: then it is recorded failed, the volume taken back."""
+        name = instance.name
+        await self.store.set_instance(name, state=InstanceState.STARTING, node=node, change=change)
+        try:
+            await self.attach_volume(instance, node, True)
+            await self.define_and_start(instance, node)
+        except (HypervisorError, JobError) as exc:
+            await self.store.set_instance(
+                name, state=InstanceState.FAILED, node=None, change=change
+            )
+            with contextlib.suppress(Exception):
+                await self.attach_volume(instance, node, False)
+            raise JobError(f"{name} did not start on {node}: {exc}") from None
+        await self.store.set_instance(
+            name, state=InstanceState.RUNNING, node=node, change=change, action=action
+        )
+
     # -- jobs ----------------------------------------------------------------------------
 
     async def start_job(self, ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -332,16 +364,7 @@ class Hypervisors:
                 raise JobError(f"no hardware node can run {name}: {placement.reason}")
             node = placement.host
             await ctx.progress(f"placing {name} on {node} ({placement.reason})")
-            instance = await self._set(instance, InstanceState.STARTING, node, ctx)
-            try:
-                await self.attach_volume(instance, node, True)
-                await self.define_and_start(instance, node)
-            except (HypervisorError, JobError) as exc:
-                await self._set(instance, InstanceState.FAILED, None, ctx)
-                with contextlib.suppress(Exception):
-                    await self.attach_volume(instance, node, False)
-                raise JobError(f"{name} did not start on {node}: {exc}") from None
-            await self._set(instance, InstanceState.RUNNING, node, ctx)
+            await self.boot_on(instance, node, Change(ctx.job.actor, ctx.job.reason))
             await ctx.progress(f"{name} runs on {node}")
             return {"name": name, "node": node}
 

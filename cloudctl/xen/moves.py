@@ -201,26 +201,12 @@ class Mover:
                     continue
                 target = placement.host
                 await ctx.progress(f"restarting {instance.name} on {target}")
-                await self.hv.store.set_instance(
-                    instance.name, state=InstanceState.STARTING, node=target, change=change
-                )
+                await self.hv.attach_volume(instance, node, False)  # the dead node lets go
                 try:
-                    await self.hv.attach_volume(instance, target, True)
-                    await self.hv.attach_volume(instance, node, False)
-                    await self.hv.define_and_start(instance, target)
-                except (HypervisorError, JobError) as exc:
-                    await self.hv.store.set_instance(
-                        instance.name, state=InstanceState.FAILED, node=None, change=change
-                    )
-                    stuck.append(f"{instance.name}: {exc}")
+                    await self.hv.boot_on(instance, target, change, action="instance.failover")
+                except JobError as exc:
+                    stuck.append(str(exc))
                     continue
-                await self.hv.store.set_instance(
-                    instance.name,
-                    state=InstanceState.RUNNING,
-                    node=target,
-                    change=change,
-                    action="instance.failover",
-                )
                 restarted.append(instance.name)
         if stuck:
             raise JobError(

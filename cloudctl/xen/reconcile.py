@@ -106,9 +106,12 @@ class Reconciler:
             await self._unreachable(node, link)
             return
         self._failing_over.discard(node)
-        instances = self.hv.store.list_instances()
-        known = {i.name: i for i in instances}
-        expected = [i for i in instances if i.node == node and i.name not in self.hv.busy]
+        # Index reads only: this node's instances, and the records of the domains it reports.
+        store = self.hv.store
+        here = store.list_instances(node=node)
+        expected = [i for i in here if i.name not in self.hv.busy]
+        known = {name: found for name in domains if (found := store.get_instance(name))}
+        known.update((i.name, i) for i in here)
         for key in [k for k in self.unexpected if k[0] == node]:
             del self.unexpected[key]
         for finding in compare(node, expected, domains, known):

@@ -297,16 +297,15 @@ async def test_storage_maintenance_moves_instances_that_would_lose_their_last_pa
         dynamic_last=ipaddress.IPv4Address("10.20.0.250"),
         reserved=frozenset(),
     )
-    for i in (1, 2):
+    for i, segment in ((1, "rack-a"), (2, "rack-b")):
         await cloud.store.add_node(
-            NodeRequest(f"52:54:00:bb:00:0{i}", Role.SNODE, name=f"sn{i}"), pool, WHO
+            NodeRequest(f"52:54:00:bb:00:0{i}", Role.SNODE, name=f"sn{i}", segment=segment),
+            pool,
+            WHO,
         )
     await cloud.store.create_volume("data", 1 << 30, ["sn1", "sn2"], None, WHO)
-    # Two storage segments: hn1 is cabled to sn1 only, hn2 to both.
-    paths = {"hn1": {"sn1"}, "hn2": {"sn1", "sn2"}}
-    cloud.hv.reachable_storage = lambda node, in_service: frozenset(
-        paths.get(node, set()) & in_service
-    )
+    # Two storage segments: hn1 is cabled to sn1 only (rack-a), hn2 (no segment) to both.
+    await cloud.store.set_segment("hn1", "rack-a", WHO)
     now = time.time()
     await cloud.store.create_instance(
         Instance(
