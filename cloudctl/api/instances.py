@@ -15,7 +15,7 @@ from typing import Any
 
 from cloudctl.api.base import Answer, App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
-from cloudctl.jobs import JobKind
+from cloudctl.jobs import JobError, JobKind
 from cloudctl.pxe.catalog import ROLES
 from cloudctl.state import Conflict, NotFound
 from cloudctl.state.models import Instance, InstanceState
@@ -139,27 +139,20 @@ async def start_instance(app: App, request: Request) -> Any:
     if body.get("dry_run"):
         if node is not None:
             app.find_node(node)
-        return Answer(
-            200,
-            {
-                "dry_run": True,
-                "instance": instance.name,
-                **_placement_json(_plan(hv, instance, node)),
-            },
-        )
+        return _dry_run(hv, instance, node)
     if existing is None:
         instance = await app.store.create_instance(instance, request.change())
     params = {"name": instance.name, "node": node}
     return (await app.runner.submit("instance-start", params, request.change())).to_json()
 
 
-def _plan(hv: Any, instance: Instance, node: str | None) -> Any:
-    from cloudctl.jobs import JobError
-
+def _dry_run(hv: Any, instance: Instance, node: str | None, source: str | None = None) -> Answer:
+    """The placement explained, with 200: a dry run starts no job."""
     try:
-        return hv.place(instance, node)
+        placement = hv.place(instance, node, source=source)
     except JobError as exc:
         raise HttpError(404, str(exc)) from None
+    return Answer(200, {"dry_run": True, "instance": instance.name, **_placement_json(placement)})
 
 
 async def instance_verb(app: App, request: Request) -> Any:
@@ -183,15 +176,7 @@ async def migrate_instance(app: App, request: Request) -> Any:
     if instance.state is not InstanceState.RUNNING:
         raise Conflict(f"{instance.name} is {instance.state.value}; only running instances migrate")
     if body.get("dry_run"):
-        from cloudctl.jobs import JobError
-
-        try:
-            placement = hv.place(instance, to, source=instance.node)
-        except JobError as exc:
-            raise HttpError(404, str(exc)) from None
-        return Answer(
-            200, {"dry_run": True, "instance": instance.name, **_placement_json(placement)}
-        )
+        return _dry_run(hv, instance, to, source=instance.node)
     params = {"name": instance.name, "to": to}
     return (await app.runner.submit("instance-migrate", params, request.change())).to_json()
 
