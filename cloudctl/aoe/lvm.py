@@ -56,9 +56,19 @@ class LvmVolumes:
         self.vg = check_volume_group(volume_group)
         self.run = run
         self.fill_from_image = fill_from_image or _fill_from_image
+        # LV sizes as of prepare(), kept up to date by our own commands: one `lvs` per agent
+        # round instead of one per leg. None: read them again.
+        self._known: dict[str, int] | None = None
 
     def prepare(self) -> None:
+        """Check the volume group and read its LVs (the agent calls this every round)."""
         self.run(["vgs", "--noheadings", "-o", "vg_name", self.vg])  # LvmError if missing
+        self._known = self.sizes()
+
+    def _lvs(self) -> dict[str, int]:
+        if self._known is None:
+            self._known = self.sizes()
+        return self._known
 
     def path(self, volume: str) -> Path:
         return Path(f"/dev/{self.vg}/{PREFIX}{volume}")
@@ -79,15 +89,26 @@ class LvmVolumes:
         self, volume: str, size: int, origin: str | None, image: tuple[str, str] | None
     ) -> bool:
         """Make the volume's LV exist with at least `size` bytes; True if created now."""
+        try:
+            return self._ensure(volume, size, origin, image)
+        except VolumeFileError:
+            self._known = None  # a command failed half-way: trust only a fresh `lvs`
+            raise
+
+    def _ensure(
+        self, volume: str, size: int, origin: str | None, image: tuple[str, str] | None
+    ) -> bool:
         name, partial = f"{PREFIX}{volume}", f"{PREFIX}{volume}.partial"
-        sizes = self.sizes()
+        sizes = self._lvs()
         if name in sizes:
             if sizes[name] < size:
                 self.run(["lvextend", "--yes", "-L", f"{size}b", f"{self.vg}/{name}"])
+                sizes[name] = size
             return False
         if partial in sizes:
             # Left by a fill that died: start again.
             self.run(["lvremove", "--yes", f"{self.vg}/{partial}"])
+            del sizes[partial]
         self.run(
             ["lvcreate", "--yes", "--wipesignatures", "y", "--zero", "y",
              "-n", partial, "-L", f"{size}b", self.vg]
@@ -104,14 +125,17 @@ class LvmVolumes:
             self.run(["lvremove", "--yes", f"{self.vg}/{partial}"])
             raise
         self.run(["lvrename", self.vg, partial, name])
+        sizes[name] = size
         return True
 
     def remove(self, volume: str) -> str | None:
         name = f"{PREFIX}{volume}"
-        if name not in self.sizes():
+        sizes = self._lvs()
+        if name not in sizes:
             return None
         aside = f"{name}.trash-{int(time.time())}"
         self.run(["lvrename", self.vg, name, aside])
+        sizes[aside] = sizes.pop(name)
         return f"/dev/{self.vg}/{aside}"
 
 
