@@ -386,12 +386,8 @@ class TftpServer:
         session = ReadSession(request, reader, limits=self.limits, now=self.loop_time())
         if isinstance(reader, ReadAhead):
             reader.align(session.blksize, session.windowsize)
-        try:
-            sock = self._transfer_socket(local_ip)
-        except OSError as exc:
-            self.counters["socket_errors"] += 1
-            log.warning("no socket for a transfer to %s:%d: %s", *addr, exc)
-            file.close()
+        sock = self._socket_for(local_ip, addr, file)
+        if sock is None:
             return
         transfer = LoopTransfer(self, sock, addr, session, file)
         try:
@@ -432,12 +428,8 @@ class TftpServer:
         """Give the transfer to a worker: its socket, the open file (rendered content in a
         memfd) and the request; the worker negotiates and runs the session."""
         assert self._pool is not None and self.limits is not None
-        try:
-            sock = self._transfer_socket(local_ip)
-        except OSError as exc:
-            self.counters["socket_errors"] += 1
-            log.warning("no socket for a transfer to %s:%d: %s", *addr, exc)
-            file.close()
+        sock = self._socket_for(local_ip, addr, file)
+        if sock is None:
             return
         memfd = -1
         try:
@@ -463,6 +455,19 @@ class TftpServer:
         self._handed[transfer.transfer_id] = transfer
         self._transfers[addr] = transfer
         self._per_client[addr[0]] += 1
+
+    def _socket_for(
+        self, local_ip: str, addr: tuple[str, int], file: BootFile
+    ) -> socket.socket | None:
+        """A transfer's own socket (its TID), or None after counting, logging and closing the
+        file when the system has none to give."""
+        try:
+            return self._transfer_socket(local_ip)
+        except OSError as exc:
+            self.counters["socket_errors"] += 1
+            log.warning("no socket for a transfer to %s:%d: %s", *addr, exc)
+            file.close()
+            return None
 
     def _transfer_socket(self, local_ip: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
