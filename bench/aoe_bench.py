@@ -29,7 +29,8 @@ FIO = Path("/usr/bin/fio")
 SIZE_MIB = 256
 FIO_SECONDS = 15
 FIO_DEPTH = 16
-# Servers: cloudctl; cloudctl@N (its buffer count set to N instead of the default);
+# Servers: cloudctl; cloudctl-py (READs answered in Python too: CLOUDCTL_AOE_NATIVE=0, to
+# measure the C fast path); cloudctl@N (its buffer count set to N instead of the default);
 # cloudctl-base, cloudctl run from another tree (AOE_BENCH_BASELINE: a directory holding a
 # `cloudctl` package, e.g. a copy taken before a change), for before/after in one run; vblade;
 # vblade-sync, which is vblade -s (O_SYNC): a WRITE answered only once on disk, the promise
@@ -155,6 +156,11 @@ def start_server(
         settings = {"buffer_count": int(server[9:])} if "@" in server else {}
         target = rig.target("sn1", [export(shelf, 1, backing)], **settings)
         return target.pid, lambda: stop_target(rig.lab, target)
+    if server == "cloudctl-py":
+        target = TargetProcess(rig.lab, rig.nodes["sn1"], ["sn1e0"], [export(shelf, 1, backing)])
+        target.env = {"CLOUDCTL_AOE_NATIVE": "0"}
+        target.start()
+        return target.pid, lambda: stop_target(rig.lab, target)
     if server == "cloudctl-base":
         tree = os.environ.get("AOE_BENCH_BASELINE")
         if not tree or not (Path(tree) / "cloudctl").is_dir():
@@ -170,8 +176,8 @@ def start_server(
         proc = rig.lab.spawn(rig.nodes["sn1"], argv, rig.lab.workdir / "vblade-sync.log")
     else:
         raise SystemExit(
-            f"unknown server {server!r}: use cloudctl, cloudctl@N, cloudctl-base, vblade, "
-            "vblade-sync"
+            f"unknown server {server!r}: use cloudctl, cloudctl-py, cloudctl@N, cloudctl-base, "
+            "vblade, vblade-sync"
         )
     return proc.pid, lambda: rig.lab.stop(proc)
 

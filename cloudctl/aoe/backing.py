@@ -224,6 +224,13 @@ class FileBlockStore:
         return self.size_bytes // SECTOR_SIZE
 
     @property
+    def read_fd(self) -> int:
+        """The buffered descriptor reads use (-1 once closed): the C READ fast path preads it
+        directly. Queued writes need not be out first: no WRITE is acknowledged before its
+        group took it (pwritev), and a READ racing an unacknowledged WRITE may see either."""
+        return self._fd
+
+    @property
     def dirty(self) -> bool:
         """Written and not yet synced by `sync` (a grouped store's writes are the group's)."""
         return self._dirty

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import socket
 import struct
 import threading
@@ -22,7 +23,12 @@ from cloudctl.aoe.codec import ETHERTYPE_AOE, HEADER_LEN, AoeCodecError, max_sec
 if TYPE_CHECKING:
     from cloudctl.aoe.responder import Responder
 
-__all__ = ["GroupCommitter", "Port", "PortError", "interface_mtu", "open_port"]
+try:  # the C READ fast path (_fastio.c), built by `pip install`; without it Python serves all
+    from cloudctl.aoe._fastio import FastPath
+except ImportError:  # pragma: no cover - a source tree nobody built
+    FastPath = None
+
+__all__ = ["NATIVE", "GroupCommitter", "Port", "PortError", "interface_mtu", "open_port"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,12 @@ SIOCGIFMTU = 0x8921
 _ERROR_AT = HEADER_LEN + 1
 _COUNT_AT = HEADER_LEN + 2
 _STATUS_AT = HEADER_LEN + 3
+# AoE commands whose handling may change what the C fast path checks (MAC mask, reservation).
+_COMMAND_AT = HEADER_LEN - 5
+_TABLE_COMMANDS = frozenset({2, 3})
+# Whether ports answer READs in C by default: built, and not switched off with
+# CLOUDCTL_AOE_NATIVE=0 (to compare, or to rule it out).
+NATIVE = FastPath is not None and os.environ.get("CLOUDCTL_AOE_NATIVE", "1") != "0"
 
 Handler = Callable[[memoryview], list[bytes | bytearray]]
 
@@ -53,19 +65,27 @@ class PortError(Exception):
 
 class Port:
     """One interface: its socket, the responder's `handle` for it (swapped by the target under
-    the I/O lock) and its reader thread. Counters are written by this port's threads only."""
+    the I/O lock) and its reader thread. Counters are written by this port's threads only.
 
-    def __init__(self, name: str, sock: socket.socket, mac: bytes, mtu: int) -> None:
+    With `native` (the C fast path, _fastio.c) the reader waits in C with the GIL released, and
+    in-range READs from allowed hosts are answered there; every other frame comes back to the
+    responder here. `install` keeps the C export table in line with the responder."""
+
+    def __init__(
+        self, name: str, sock: socket.socket, mac: bytes, mtu: int, *, native: bool = NATIVE
+    ) -> None:
         self.name = name
         self.sock = sock
         self.mac = mac
         self.mtu = mtu
         self.responder: Responder | None = None  # its handle() is what the reader calls
         self.handle: Handler | None = None
+        self.native = FastPath(mac) if native and FastPath is not None else None
         self.sent = self.send_errors = self.crashes = 0
         self.write_sent = self.write_send_errors = 0  # by the commit thread
         self._buf = bytearray(FRAME_BUFFER_BYTES)
         self._view = memoryview(self._buf)
+        self._out = bytearray(FRAME_BUFFER_BYTES) if self.native is not None else None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -93,6 +113,20 @@ class Port:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def install(self, responder: Responder) -> None:
+        """Serve with `responder` from the next frame on. The caller holds the I/O lock; once
+        this returns the C path uses no store of the previous responder."""
+        self.responder = responder
+        self.handle = responder.handle
+        if self.native is not None:
+            self.native.set_exports(*responder.native_table())
+
+    def native_counters(self) -> dict[str, int]:
+        """The C path's counters (answered, sent, send_errors, fallbacks); zeros without it."""
+        if self.native is None:
+            return dict.fromkeys(("answered", "sent", "send_errors", "fallbacks"), 0)
+        return self.native.counters()
 
     def send_write_answer(self, answer: bytes | bytearray) -> None:
         """Send from the commit thread (its own counters: no lost updates between threads)."""
@@ -123,9 +157,17 @@ class Port:
         buf, view = self._buf, self._view
         recv_into, send = self.sock.recv_into, self.sock.send
         add_writes = committer.add
+        native, fd, out = self.native, self.sock.fileno(), self._out
         while not self._stopping:
             try:
-                n = recv_into(buf)
+                if native is not None:
+                    # READs are answered in there; a frame for Python returns its length, a
+                    # receive timeout 0 (look at the stop flag).
+                    n = native.serve(fd, buf, out)
+                    if not n:
+                        continue
+                else:
+                    n = recv_into(buf)
             except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO: look at the stop flag
                 continue
             except OSError as exc:  # e.g. ENETDOWN while the link flaps
@@ -150,6 +192,8 @@ class Port:
                     # fdatasync that covers it.
                     add_writes(self, answers, group.last_store, buf[_COUNT_AT])
                     continue
+                if native is not None and n > _COMMAND_AT and buf[_COMMAND_AT] in _TABLE_COMMANDS:
+                    native.set_exports(*self.responder.native_table())
             for answer in answers:
                 try:
                     send(answer)
@@ -303,7 +347,7 @@ def _fail_write_answer(answer: bytes | bytearray, count: int) -> None:
 # --- sockets ----------------------------------------------------------------------------------
 
 
-def open_port(name: str) -> Port:
+def open_port(name: str, *, native: bool = NATIVE) -> Port:
     """A blocking AF_PACKET socket for AoE on `name`, with large buffers and kernel timeouts
     (SO_RCVTIMEO lets the reader see a stop; SO_SNDTIMEO bounds a send into a full queue)."""
     kind = socket.SOCK_RAW | socket.SOCK_CLOEXEC
@@ -323,7 +367,7 @@ def open_port(name: str) -> Port:
         mac = sock.getsockname()[4]
         if len(mac) != 6 or mac == bytes(6):
             raise PortError(f"{name} has no Ethernet address")
-        return Port(name, sock, mac, interface_mtu(sock, name))
+        return Port(name, sock, mac, interface_mtu(sock, name), native=native)
     except BaseException:
         sock.close()
         raise

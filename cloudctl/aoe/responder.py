@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from cloudctl.aoe import ata
 from cloudctl.aoe.backing import BlockStore, MemoryBlockStore
@@ -23,7 +22,6 @@ from cloudctl.aoe.codec import (
     FLAG_ERROR,
     FLAG_RESPONSE,
     HEADER_LEN,
-    MAX_CONFIG_STRING,
     MIN_FRAME_LEN,
     AoeCodecError,
     AoeFrame,
@@ -45,6 +43,14 @@ from cloudctl.aoe.codec import (
     encode_frame,
     parse_mac,
 )
+from cloudctl.aoe.export import (
+    MASK_LIST_MAX,
+    RESERVE_LIST_MAX,
+    AoeConfigError,
+    Export,
+    ExportState,
+    ResponderStats,
+)
 
 __all__ = [
     "DEFAULT_BUFFER_COUNT",
@@ -60,9 +66,6 @@ __all__ = [
     "ResponderStats",
 ]
 
-# The longest lists whose read answers still fit one frame at MTU 1500.
-MASK_LIST_MAX = (1500 - 10 - 4) // 8  # 185
-RESERVE_LIST_MAX = (1500 - 10 - 2) // 6  # 248
 DEFAULT_BUFFER_COUNT = 16  # requests an initiator may have in flight; vblade's default
 FIRMWARE_VERSION = 0x0001
 
@@ -97,77 +100,6 @@ _IO_LBA_WIDTH = {
 }
 _pack_prefix = struct.Struct("!HBB3sB").pack
 _FAST_READS = frozenset({ata.AtaCommand.READ_SECTORS, ata.AtaCommand.READ_SECTORS_EXT})
-
-
-class AoeConfigError(ValueError):
-    """An export or responder is configured with values AoE cannot serve."""
-
-
-@dataclass(frozen=True, slots=True)
-class Export:
-    """One AoE target `eSHELF.SLOT`. `allowed_macs` seeds its MAC mask list (None: every host;
-    MACs as bytes or "52:54:00:..." strings); hosts outside the list get no answer at all.
-    `serial` defaults to "cloudctl-eSHELF.SLOT" in the IDENTIFY page."""
-
-    shelf: int
-    slot: int
-    size_sectors: int
-    config_string: bytes = b""
-    allowed_macs: frozenset[bytes | str] | None = None
-    read_only: bool = False
-    serial: str = ""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.shelf < BROADCAST_SHELF:
-            raise AoeConfigError(f"shelf {self.shelf} must be 0..65534 (65535 is broadcast)")
-        if not 0 <= self.slot < BROADCAST_SLOT:
-            raise AoeConfigError(f"slot {self.slot} must be 0..254 (255 is broadcast)")
-        if not 0 < self.size_sectors <= ata.MAX_LBA48_SECTORS:
-            raise AoeConfigError(f"size {self.size_sectors} sectors must be 1 .. 2**48")
-        if len(self.config_string) > MAX_CONFIG_STRING:
-            raise AoeConfigError(f"config string longer than {MAX_CONFIG_STRING} bytes")
-        if self.allowed_macs is not None:
-            if not self.allowed_macs:
-                # An empty AoE mask list means "everyone"; refuse the ambiguity.
-                raise AoeConfigError("allowed_macs is empty: use None to serve every host")
-            if len(self.allowed_macs) > MASK_LIST_MAX:
-                raise AoeConfigError(f"allowed_macs has more than {MASK_LIST_MAX} entries")
-            try:
-                macs = frozenset(parse_mac(m) for m in self.allowed_macs)
-            except AoeCodecError as exc:
-                raise AoeConfigError(f"allowed_macs: {exc}") from None
-            object.__setattr__(self, "allowed_macs", macs)
-        serial = self.serial or f"cloudctl-e{self.shelf}.{self.slot}"
-        try:
-            ata.check_ata_string(serial, 20, "serial")
-        except ValueError as exc:
-            raise AoeConfigError(str(exc)) from None
-        object.__setattr__(self, "serial", serial)
-        object.__setattr__(self, "config_string", bytes(self.config_string))
-
-
-@dataclass(frozen=True, slots=True)
-class ExportState:
-    """The protocol state initiators can change, as of one moment."""
-
-    config_string: bytes
-    mask_list: tuple[bytes, ...]
-    reserve_list: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ResponderStats:
-    """`handled`: answered or deliberately silent (a config test that did not match);
-    `ignored`: not for us (other target, answers, foreign ethertype); `dropped`: malformed;
-    `denied`: source not on the export's mask list; `errors`: answers carrying an AoE error,
-    a mask error or an ATA ERR status."""
-
-    received: int = 0
-    handled: int = 0
-    ignored: int = 0
-    dropped: int = 0
-    denied: int = 0
-    errors: int = 0
 
 
 class _Target:
@@ -271,6 +203,28 @@ class Responder:
     def export_state(self, shelf: int, slot: int) -> ExportState:
         target = self._targets[(shelf, slot)]
         return ExportState(target.config, tuple(target.mask), tuple(target.reserve))
+
+    def native_table(self) -> tuple[int, list[tuple[int, int, int, int, bytes, bytes, bytes]]]:
+        """What the C READ fast path needs (`_fastio.FastPath.set_exports` arguments): the most
+        sectors per frame, and the exports whose store reads through a plain descriptor
+        (`read_fd`), with their answer template and current MAC mask and reservation. Frames
+        for other exports, and every frame with fast_path=False, stay with this responder."""
+        exports = []
+        for target in self._target_list if self._by_key else ():
+            fd = getattr(target.store, "read_fd", -1)
+            if fd >= 0:
+                exports.append(
+                    (
+                        target.shelf,
+                        target.slot,
+                        fd,
+                        target.size,
+                        target.reply_prefix,
+                        b"".join(target.mask),
+                        b"".join(target.reserve),
+                    )
+                )
+        return self._max_sectors, exports
 
     def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Answer one received Ethernet frame: zero or more frames to send, each at least 60

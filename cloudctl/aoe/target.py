@@ -24,7 +24,7 @@ from cloudctl.aoe.codec import (
     max_sectors_for_mtu,
     parse_mac,
 )
-from cloudctl.aoe.ports import GroupCommitter, Port, PortError, interface_mtu, open_port
+from cloudctl.aoe.ports import NATIVE, GroupCommitter, Port, PortError, interface_mtu, open_port
 from cloudctl.aoe.responder import AoeConfigError, Export, Responder
 
 __all__ = [
@@ -152,6 +152,7 @@ class AoeTarget:
         *,
         buffer_count: int = DEFAULT_BUFFER_COUNT,
         direct: bool = False,
+        native: bool = NATIVE,
     ) -> None:
         if not interfaces:
             raise AoeTargetError("no interfaces to serve on")
@@ -163,6 +164,7 @@ class AoeTarget:
         self._interfaces = tuple(interfaces)
         self._buffer_count = buffer_count
         self._direct = direct
+        self._native = native  # READs answered in C (ports.py) where it is built
         self._group = CommitGroup()
         self._lock = threading.Lock()  # the I/O lock (class docstring)
         self._committer = GroupCommitter(self._lock, self._group)
@@ -181,7 +183,7 @@ class AoeTarget:
             self._stores = self._open_stores(self._specs, {})
             for name in self._interfaces:
                 try:
-                    self._ports.append(open_port(name))
+                    self._ports.append(open_port(name, native=self._native))
                 except PortError as exc:
                     raise AoeTargetError(str(exc)) from None
             with self._lock:
@@ -194,9 +196,10 @@ class AoeTarget:
             await self.close()
             raise
         log.info(
-            "AoE target serving %s on %s",
+            "AoE target serving %s on %s%s",
             ", ".join(s.name for s in self._specs) or "nothing",
             ", ".join(f"{p.name} ({format_mac(p.mac)}, MTU {p.mtu})" for p in self._ports),
+            "" if all(p.native is not None for p in self._ports) else " (READs in Python)",
         )
 
     async def close(self) -> None:
@@ -280,8 +283,12 @@ class AoeTarget:
             base = self._bases[port.name]
             for field in _RESPONDER_FIELDS:
                 totals[field] += getattr(current, field) - base[field]
-            totals["sent"] += port.sent + port.write_sent
+            native = port.native_counters()  # READs answered in C never reach the responder
+            totals["received"] += native["answered"]
+            totals["handled"] += native["answered"]
+            totals["sent"] += port.sent + port.write_sent + native["sent"]
             totals["send_errors"] += port.send_errors + port.write_send_errors
+            totals["send_errors"] += native["send_errors"]
             totals["crashes"] += port.crashes
         committer = self._committer
         totals["commits"] = self._group.commits
@@ -381,8 +388,7 @@ class AoeTarget:
         fresh = responder.stats()
         for field in _RESPONDER_FIELDS:
             base[field] += getattr(fresh, field)
-        port.responder = responder
-        port.handle = responder.handle
+        port.install(responder)
 
 
 def _check_specs(specs: Iterable[ExportSpec]) -> tuple[ExportSpec, ...]:

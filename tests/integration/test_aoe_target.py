@@ -58,13 +58,15 @@ class TargetProcess:
         self.write_config(exports)
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready: dict = {}
+        self.env: dict[str, str] | None = None  # extra environment for the process
 
     def write_config(self, exports: list[dict]) -> None:
         config = {"interfaces": self.interfaces, "exports": exports, **self.settings}
         self.config.write_text(json.dumps(config))
 
     def start(self) -> TargetProcess:
-        self.proc = self.lab.spawn(self.ns, [*AOE_CLI, "serve", str(self.config)], self.log)
+        argv = [*AOE_CLI, "serve", str(self.config)]
+        self.proc = self.lab.spawn(self.ns, argv, self.log, env=self.env)
         self.ready = self.wait_event("ready")
         return self
 

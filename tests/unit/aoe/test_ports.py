@@ -1,7 +1,8 @@
 """The target's threads (ports.py) over a datagram socketpair instead of an AF_PACKET socket: a
 reader thread and the commit thread serve a real responder and file store; WRITE answers leave
 only after the fdatasync that covers them; a crash in either thread is logged, counted and
-served through; stopping leaves no thread behind."""
+served through; stopping leaves no thread behind. Each test runs with READs answered by the C
+fast path (_fastio.c) and with everything in Python."""
 
 from __future__ import annotations
 
@@ -15,13 +16,24 @@ import pytest
 from cloudctl.aoe import ports
 from cloudctl.aoe.ata import AtaCommand
 from cloudctl.aoe.backing import CommitGroup, FileBlockStore
-from cloudctl.aoe.codec import AFLAG_EXTENDED, AFLAG_WRITE, AoeFrame, AtaArg, decode_frame
+from cloudctl.aoe.codec import (
+    AFLAG_EXTENDED,
+    AFLAG_WRITE,
+    AoeFrame,
+    AtaArg,
+    MacMaskArg,
+    MaskCommand,
+    MaskDirective,
+    MaskDirectiveCommand,
+    decode_frame,
+)
 from cloudctl.aoe.codec import encode_frame as encode
 from cloudctl.aoe.ports import GroupCommitter, Port
 from cloudctl.aoe.responder import Export, Responder
 
 TARGET = bytes.fromhex("020000000001")
 HOST = bytes.fromhex("525400000001")
+STRANGER = bytes.fromhex("525400000009")
 SECTORS = 256
 
 
@@ -29,7 +41,7 @@ class Rig:
     """A port, the commit thread and a client socket; `events` records fdatasyncs and write
     answers in the order they happen."""
 
-    def __init__(self, path, monkeypatch) -> None:
+    def __init__(self, path, monkeypatch, native: bool) -> None:
         self.events: list[str] = []
         real_sync = os.fdatasync
 
@@ -47,8 +59,8 @@ class Rig:
         ours, self.client = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, ports._timeval(0.05))
         self.client.settimeout(5)
-        self.port = Port("pair0", ours, TARGET, 1500)
-        self.port.responder, self.port.handle = self.responder, self.responder.handle
+        self.port = Port("pair0", ours, TARGET, 1500, native=native)
+        self.port.install(self.responder)
         real_answer = self.port.send_write_answer
 
         def answering(answer: bytes | bytearray) -> None:
@@ -61,10 +73,14 @@ class Rig:
         self.port.start(self.lock, self.group, self.committer)
         self.tag = 0
 
-    def send(self, arg: AtaArg) -> int:
+    def send(self, arg: AtaArg | MacMaskArg, src: bytes = HOST) -> int:
         self.tag += 1
-        self.client.send(encode(AoeFrame(TARGET, HOST, 0, 1, self.tag, arg)))
+        self.client.send(encode(AoeFrame(TARGET, src, 0, 1, self.tag, arg)))
         return self.tag
+
+    def reads_sent(self) -> int:
+        """Answers the reader sent, in Python or in C."""
+        return self.port.sent + self.port.native_counters()["sent"]
 
     def answers(self, count: int) -> dict[int, AoeFrame]:
         got = {}
@@ -81,11 +97,11 @@ class Rig:
         self.store.close()
 
 
-@pytest.fixture
-def rig(tmp_path, monkeypatch):
+@pytest.fixture(params=(True, False), ids=("c", "python"))
+def rig(request, tmp_path, monkeypatch):
     path = tmp_path / "disk.img"
     path.write_bytes(bytes(SECTORS * 512))
-    rig = Rig(path, monkeypatch)
+    rig = Rig(path, monkeypatch, request.param)
     yield rig
     rig.close()
 
@@ -116,9 +132,11 @@ def test_writes_are_answered_after_their_fdatasync_and_reads_see_them(rig):
     assert answer.arg.data == data[5120:6144]
     # The reader counts an answer once send() returns, which may be after it arrived here.
     deadline = time.monotonic() + 5
-    while rig.port.sent < 1 and time.monotonic() < deadline:
+    while rig.reads_sent() < 1 and time.monotonic() < deadline:
         time.sleep(0.001)
-    assert rig.port.sent == 1 and rig.port.crashes == rig.committer.crashes == 0
+    assert rig.reads_sent() == 1 and rig.port.crashes == rig.committer.crashes == 0
+    # With the C path the READ never reached Python; without it, nothing was answered in C.
+    assert rig.port.native_counters()["answered"] == (1 if rig.port.native else 0)
 
 
 def test_a_crash_in_the_responder_is_logged_counted_and_served_through(rig, caplog):
@@ -130,7 +148,8 @@ def test_a_crash_in_the_responder_is_logged_counted_and_served_through(rig, capl
         return real(frame)
 
     rig.port.handle = flaky
-    rig.client.send(encode(AoeFrame(TARGET, HOST, 0, 1, 99, read(0, 1))) + b"BOOM")
+    # A WRITE: the C path hands it to Python, whatever the trailing bytes.
+    rig.client.send(encode(AoeFrame(TARGET, HOST, 0, 1, 99, write(0, bytes(512)))) + b"BOOM")
     tag = rig.send(read(0, 1))
     assert list(rig.answers(1)) == [tag]
     assert rig.port.crashes == 1 and rig.port.alive
@@ -177,3 +196,17 @@ def test_settle_returns_once_nothing_waits(rig):
     started = time.monotonic()
     rig.committer.settle()
     assert time.monotonic() - started < 1.0
+
+
+def test_a_mac_mask_edit_holds_for_the_next_read(rig):
+    rig.send(read(0, 1), STRANGER)
+    assert len(rig.answers(1)) == 1  # the export serves every host
+    add = MacMaskArg(MaskCommand.EDIT, 0, (MaskDirective(MaskDirectiveCommand.ADD, HOST),))
+    rig.send(add)
+    assert len(rig.answers(1)) == 1
+    rig.send(read(0, 1), STRANGER)  # no longer on the list: no answer at all
+    tag = rig.send(read(0, 1))
+    assert list(rig.answers(1)) == [tag]
+    rig.client.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        rig.client.recv(65536)
