@@ -1,5 +1,6 @@
-"""Storage maintenance and mirror tracking: what storage nodes' agents last exported and what
-nodes' mirror agents last saw of their md arrays, and the maintenance job that waits on both.
+"""Storage maintenance and mirror tracking: what storage nodes' agents last exported (and saw
+of their DRBD devices) and what nodes' mirror agents last saw of their md arrays, and the
+maintenance job that waits on both.
 
 Taking a storage node out: its legs are marked failed; nodes running a mirror agent fail and
 remove the leg from their arrays while it is still exported (no I/O waits for the AoE timeout);
@@ -14,6 +15,7 @@ import dataclasses
 import time
 from typing import Any
 
+from cloudctl.aoe.drbd import DrbdStatus
 from cloudctl.jobs import JobContext, JobError, JobKind
 from cloudctl.state import StateStore
 from cloudctl.state.models import ExportRecord, Volume
@@ -34,6 +36,8 @@ class StorageCoordinator:
         self.reports: dict[str, tuple[float, frozenset[str]]] = {}
         # node -> (when, {volume: array report}) from `cloudctl storage mirror-agent`
         self.mirrors: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
+        # storage node -> (when, its DRBD devices) from `cloudctl storage serve`, for status only
+        self.drbd: dict[str, tuple[float, tuple[DrbdStatus, ...]]] = {}
         self._changed = asyncio.Event()
         # Set by the daemon: instances move off a storage node's paths before it goes.
         self.hypervisors: Any = None
@@ -46,6 +50,13 @@ class StorageCoordinator:
     def report(self, snode: str, devices: frozenset[str]) -> None:
         self.reports[snode] = (time.time(), devices)
         self._notify()
+
+    def report_drbd(self, snode: str, devices: tuple[DrbdStatus, ...] | None) -> None:
+        """The DRBD devices `snode` runs now; None: DRBD is not loaded there (any more)."""
+        if devices is None:
+            self.drbd.pop(snode, None)
+        else:
+            self.drbd[snode] = (time.time(), devices)
 
     async def mirror_report(self, node: str, arrays: list[dict[str, Any]]) -> None:
         """A node's arrays; a resyncing leg whose array is clean there is active again."""

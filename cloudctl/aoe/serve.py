@@ -1,7 +1,8 @@
 """`cloudctl storage serve`: a storage node's process, the agent and the AoE target together.
 
 The agent pulls the node's legs from cloudctld and hands the exported ones to the target; the
-target keeps serving what it has if cloudctld goes away. Runs until SIGTERM or SIGINT.
+target keeps serving what it has if cloudctld goes away. It reports the exports, and the node's
+DRBD state where DRBD is loaded. Runs until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudctl.aoe.agent import ExportPlan, StorageAgent
+from cloudctl.aoe.drbdreport import DrbdReader, statuses_from_json
 from cloudctl.aoe.target import AoeTarget, AoeTargetError, ExportSpec
 from cloudctl.cli.client import ApiClient
 
@@ -38,17 +40,18 @@ async def start_target(interfaces: list[str]) -> AoeTarget:
 async def run_agent(
     target: AoeTarget,
     fetch: Callable[[], dict[str, Any]],
-    report: Callable[[list[str]], Any],
+    report: Callable[[dict[str, Any]], Any],
     volume_dir: Path | Any,
     interval: float,
     stop: asyncio.Event,
+    read_drbd: Callable[[], Any] | None = None,
 ) -> None:
     """Feed `target` from the inventory until `stop`; then close it."""
 
     async def apply(plans: list[ExportPlan]) -> None:
         await target.update_exports(export_specs(plans))
 
-    agent = StorageAgent(volume_dir, fetch, report, apply, interval=interval)
+    agent = StorageAgent(volume_dir, fetch, report, apply, interval=interval, read_drbd=read_drbd)
     try:
         await agent.run(stop)
     finally:
@@ -85,17 +88,21 @@ class LocalStorageNode:
         async def exports() -> dict[str, Any]:
             return self.coordinator.exports_json(self.snode)
 
-        async def report(devices: list[str]) -> None:
-            self.coordinator.report(self.snode, frozenset(devices))
+        async def report(body: dict[str, Any]) -> None:
+            self.coordinator.report(self.snode, frozenset(body["exports"]))
+            if "drbd" in body:
+                drbd = body["drbd"]
+                resources = None if drbd is None else statuses_from_json(drbd)
+                self.coordinator.report_drbd(self.snode, resources)
 
         def fetch() -> dict[str, Any]:  # called on the agent's thread
             return asyncio.run_coroutine_threadsafe(exports(), loop).result(timeout=30)
 
-        def send(devices: list[str]) -> None:
-            asyncio.run_coroutine_threadsafe(report(devices), loop).result(timeout=30)
+        def send(body: dict[str, Any]) -> None:
+            asyncio.run_coroutine_threadsafe(report(body), loop).result(timeout=30)
 
         self._task = asyncio.create_task(
-            run_agent(target, fetch, send, self.volume_dir, 1.0, self._stop),
+            run_agent(target, fetch, send, self.volume_dir, 1.0, self._stop, DrbdReader()),
             name=f"storage-{self.snode}",
         )
         log.info("serving AoE for %s on %s", self.snode, ", ".join(self.interfaces))
@@ -122,9 +129,10 @@ async def serve(
     await run_agent(
         await start_target(interfaces),
         lambda: client.request("GET", f"/v1/storage/{snode}/exports"),
-        lambda devices: client.request("POST", f"/v1/storage/{snode}/report", {"exports": devices}),
+        lambda body: client.request("POST", f"/v1/storage/{snode}/report", body),
         volume_dir,
         interval,
         stop,
+        DrbdReader(),
     )
     log.info("stopped")

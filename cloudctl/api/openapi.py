@@ -70,6 +70,41 @@ _SCHEMAS: dict[str, Any] = {
             "created_at": {"type": "number"},
         },
     },
+    "DrbdDevice": {
+        "type": "object",
+        "description": "one DRBD device and its peer, as a storage node's agent read it "
+        "(/proc/drbd of 8.4, or `drbdadm status`); states in DRBD 9's words",
+        "required": ["connection", "replication", "role", "peer_role", "disk", "peer_disk"],
+        "properties": {
+            "resource": {"type": ["string", "null"], "description": "named like its volume"},
+            "minor": {"type": ["integer", "null"]},
+            "volume": {"type": ["integer", "null"], "description": "DRBD volume number"},
+            "connection": {"type": "string", "description": "Connected, Connecting, ..."},
+            "replication": {"type": "string", "description": "Established, SyncSource, ..."},
+            "role": {"type": "string"},
+            "peer_role": {"type": "string"},
+            "disk": {"type": "string"},
+            "peer_disk": {"type": "string"},
+            "peer": {"type": ["string", "null"]},
+            "cstate": {"type": ["string", "null"], "description": "8.4's cs: word"},
+            "protocol": {"type": ["string", "null"]},
+            "sync": {
+                "type": ["object", "null"],
+                "required": ["action", "percent"],
+                "properties": {
+                    "action": {"type": "string", "enum": ["sync", "verify"]},
+                    "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                    "done_kib": {"type": ["integer", "null"]},
+                    "total_kib": {"type": ["integer", "null"]},
+                    "out_of_sync_kib": {"type": ["integer", "null"]},
+                    "finish_s": {"type": ["integer", "null"]},
+                    "speed_kib_s": {"type": ["integer", "null"]},
+                },
+            },
+            "out_of_sync_kib": {"type": ["integer", "null"]},
+            "in_sync": {"type": "boolean", "description": "derived; ignored in reports"},
+        },
+    },
     "Profile": {
         "type": "object",
         "properties": {

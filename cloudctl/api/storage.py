@@ -1,8 +1,9 @@
 """Volume and storage routes, and the storage-node coordination behind maintenance.
 
 Storage nodes run `cloudctl storage serve`, which pulls its exports from here and reports what
-it actually exports. Maintenance is checked and recorded atomically by the store (refused while
-any volume would lose its last healthy leg); a job then waits for the node's agent to confirm.
+it actually exports (and its DRBD devices' state where it runs DRBD). Maintenance is checked and
+recorded atomically by the store (refused while any volume would lose its last healthy leg); a
+job then waits for the node's agent to confirm.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cloudctl.aoe.drbdreport import status_to_json, statuses_from_json
+from cloudctl.aoe.mirror import MirrorError
 from cloudctl.api.base import App, Request, Route, body_string
 from cloudctl.httpwire import HttpError
 from cloudctl.inventory import InventoryError, parse_size
@@ -132,12 +135,22 @@ async def storage_exports(app: App, request: Request) -> Any:
 
 
 async def storage_report(app: App, request: Request) -> Any:
-    body = request.fields(required=("exports",))
+    """What the node exports; "drbd": its DRBD devices, null without DRBD, absent: no news
+    (agents before DRBD reporting, or a reading that failed: the last state stays)."""
+    body = request.fields(required=("exports",), optional=("drbd",))
     snode = app.find_node(request.path_params["snode"])
     devices = body["exports"]
     if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
         raise HttpError(400, "exports must be a list of eSHELF.SLOT names")
+    drbd = None
+    if body.get("drbd") is not None:
+        try:
+            drbd = statuses_from_json(body["drbd"])
+        except MirrorError as exc:
+            raise HttpError(400, str(exc)) from None
     app.storage.report(snode.name, frozenset(devices))
+    if "drbd" in body:
+        app.storage.report_drbd(snode.name, drbd)
     return {"snode": snode.name, "wanted": sorted(app.storage.wanted(snode.name))}
 
 
@@ -202,11 +215,16 @@ async def storage_status(app: App, request: Request) -> Any:
             node: {"reported_at": at, "arrays": list(arrays.values())}
             for node, (at, arrays) in app.storage.mirrors.items()
         },
+        "drbd": {
+            snode: {"reported_at": at, "resources": [status_to_json(d) for d in devices]}
+            for snode, (at, devices) in sorted(app.storage.drbd.items())
+        },
     }
 
 
 _VOLUME = {"$ref": "#/components/schemas/Volume"}
 _OBJ = {"type": "object"}
+_DRBD = {"type": "array", "items": {"$ref": "#/components/schemas/DrbdDevice"}}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/volumes", list_volumes, "List volumes", response_schema=_OBJ),
@@ -267,7 +285,20 @@ ROUTES: tuple[Route, ...] = (
         "POST",
         "/v1/storage/{snode}/report",
         storage_report,
-        "A storage node's agent reports what it exports",
+        "A storage node's agent reports what it exports, and its DRBD devices",
+        request_schema={
+            "type": "object",
+            "required": ["exports"],
+            "properties": {
+                "exports": {"type": "array", "items": {"type": "string"}},
+                "drbd": {
+                    **_DRBD,
+                    "type": ["array", "null"],
+                    "description": "this node's DRBD devices; null: DRBD is not loaded here; "
+                    "absent: no news (the last report stays)",
+                },
+            },
+        },
         response_schema=_OBJ,
     ),
     Route(
@@ -289,7 +320,23 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         "/v1/storage",
         storage_status,
-        "Volumes, legs, maintenance and agents",
-        response_schema=_OBJ,
+        "Volumes, legs, maintenance, agents, nodes' md arrays and storage nodes' DRBD devices",
+        response_schema={
+            "type": "object",
+            "properties": {
+                "in_maintenance": {"type": "array", "items": {"type": "string"}},
+                "agents": _OBJ,
+                "volumes": {"type": "array", "items": _VOLUME},
+                "mirrors": _OBJ,
+                "drbd": {
+                    "type": "object",
+                    "description": "storage node -> its agent's last DRBD report",
+                    "additionalProperties": {
+                        "type": "object",
+                        "properties": {"reported_at": {"type": "number"}, "resources": _DRBD},
+                    },
+                },
+            },
+        },
     ),
 )

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from cloudctl.aoe.drbd import DrbdStatus
+from cloudctl.aoe.drbdreport import status_from_json
 from cloudctl.cli.client import ApiClient, CliError
 from cloudctl.cli.job import watch_job
 from cloudctl.cli.output import format_time, print_json, print_table
@@ -20,7 +22,9 @@ def register(nouns: argparse._SubParsersAction) -> None:
     parser = nouns.add_parser("storage", help="storage nodes: status and maintenance")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    status = verbs.add_parser("status", help="every volume's legs and mirror state")
+    status = verbs.add_parser(
+        "status", help="every volume's legs, md and DRBD state, and resync progress"
+    )
     status.add_argument("-o", "--output", choices=("text", "json"), default="text")
     status.set_defaults(run=_status)
 
@@ -154,11 +158,70 @@ def _mirror_state(volume: dict, mirrors: dict) -> str:
     return "; ".join(seen)
 
 
+def _kib(kib: int) -> str:
+    size = float(kib)
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "KiB" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""  # unreachable
+
+
+def _drbd_text(device: DrbdStatus, peer: str) -> str:
+    """ "Primary/UpToDate -> sn2 Secondary/Inconsistent SyncSource [###...] 48%"."""
+    text = f"{device.role}/{device.disk} -> {peer}"
+    if not device.connected:
+        text += f" {device.connection}"  # the peer's role and disk are unknown then
+    else:
+        text += f" {device.peer_role}/{device.peer_disk}"
+        if device.sync is not None:
+            percent = device.sync.percent
+            return f"{text} {device.replication} {progress_bar(percent / 100)} {percent:.0f}%"
+        if device.in_sync:
+            return f"{text} in sync"
+        text += f" {device.replication}"
+    if device.out_of_sync_kib:
+        text += f", {_kib(device.out_of_sync_kib)} out of sync"
+    return text
+
+
+def _peer_name(device: DrbdStatus, snode: str, volume: dict | None) -> str:
+    """The peer's node name: DRBD 9 says it; 8.4 does not, the volume's other leg does."""
+    if device.peer not in (None, "peer"):
+        return device.peer
+    others = {leg["snode"] for leg in volume["legs"]} - {snode} if volume else set()
+    return others.pop() if len(others) == 1 else "peer"
+
+
+def _drbd_states(status: dict) -> tuple[dict[str, list[str]], list[str]]:
+    """Volume name -> "sn1: ..." texts of the DRBD resource named after it on each storage
+    node; and lines for the devices that match no volume."""
+    volumes = {volume["name"]: volume for volume in status["volumes"]}
+    states: dict[str, list[str]] = {}
+    unmatched = []
+    for snode, report in sorted(status.get("drbd", {}).items()):
+        for data in report["resources"]:
+            device = status_from_json(data)
+            volume = volumes.get(device.resource) if device.resource else None
+            where = (
+                snode if device.volume in (None, 0) else f"{snode} (DRBD volume {device.volume})"
+            )
+            text = _drbd_text(device, _peer_name(device, snode, volume))
+            if volume is not None:
+                states.setdefault(volume["name"], []).append(f"{where}: {text}")
+            elif device.resource is None:
+                unmatched.append(f"drbd minor {device.minor} on {where} (unnamed): {text}")
+            else:
+                unmatched.append(f"drbd {device.resource} on {where} (no such volume): {text}")
+    return states, unmatched
+
+
 def _status(args: argparse.Namespace, client: ApiClient) -> int:
     status = client.request("GET", "/v1/storage")
     if args.output == "json":
         print_json(status)
         return 0
+    drbd_states, drbd_unmatched = _drbd_states(status)
     rows = []
     for volume in status["volumes"]:
         states = [leg["state"] for leg in volume["legs"]]
@@ -168,16 +231,24 @@ def _status(args: argparse.Namespace, client: ApiClient) -> int:
             else ("resyncing" if "resyncing" in states else "degraded")
         )
         legs = " ".join(f"{leg['device']}@{leg['snode']}:{leg['state']}" for leg in volume["legs"])
-        rows.append(
-            (volume["name"], volume["size"], health, legs, _mirror_state(volume, status["mirrors"]))
-        )
+        md = _mirror_state(volume, status["mirrors"])
+        state = "; ".join([*([md] if md else []), *drbd_states.get(volume["name"], [])])
+        rows.append((volume["name"], volume["size"], health, legs, state))
     print_table(("VOLUME", "SIZE", "MIRROR", "LEGS", "ON NODES"), rows)
+    for line in drbd_unmatched:
+        print(line)
     if status["in_maintenance"]:
         print(f"in maintenance: {', '.join(status['in_maintenance'])}")
     for snode, agent in sorted(status["agents"].items()):
         print(
             f"agent {snode}: {len(agent['exports'])} exports, "
             f"reported {format_time(agent['reported_at'])}"
+        )
+    for snode, report in sorted(status.get("drbd", {}).items()):
+        count = len(report["resources"])
+        print(
+            f"drbd {snode}: {count} device{'s' * (count != 1)}, "
+            f"reported {format_time(report['reported_at'])}"
         )
     return 0
 

@@ -1,7 +1,9 @@
 """DRBD 8.4 replication between two qemu guests (TCG) with cloudctl.aoe.drbd's renderers/parsers.
 
 Each guest boots the Debian kernel (DRBD 8.4.11) from a busybox initramfs carrying drbdsetup-84,
-drbdadm-84 and drbdmeta; the test drives both through a shell on a virtio-serial port.
+drbdadm-84 and drbdmeta; the test drives both through a shell on a virtio-serial port. What the
+guests' /proc/drbd shows also goes through the storage agent's DrbdReader, as `storage serve`
+would report it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cloudctl.aoe.drbd import (
     role_command,
     up_commands,
 )
+from cloudctl.aoe.drbdreport import DrbdReader, status_to_json
 from tests import netlab
 from tests.guestkernel import INIT_PREAMBLE, GuestKernel, build_initramfs, guest_kernel
 from tests.netlab import Lab
@@ -221,6 +224,22 @@ def wait_proc_drbd(
         time.sleep(0.25)
 
 
+def reported(text: str, directory: Path) -> dict:
+    """The one device `storage serve`'s agent would report for this /proc/drbd text, minor 0
+    linked to r0 as udev's rules link it (the guests run no udev)."""
+    by_res = directory / "by-res"
+    if not by_res.exists():
+        (by_res / RESOURCE.name).mkdir(parents=True)
+        (by_res / RESOURCE.name / "0").symlink_to("../../../drbd0")
+    (directory / "proc-drbd").write_text(text)
+
+    def no_drbdadm() -> str:
+        raise AssertionError("DRBD 8.4 lists its devices in /proc/drbd: no drbdadm status")
+
+    (device,) = DrbdReader(directory / "proc-drbd", by_res, no_drbdadm)()
+    return status_to_json(device)
+
+
 def test_two_guests_replicate_through_drbd(kernel, tmp_path):
     started = time.monotonic()
     with Lab() as lab, short_dir("ccdrbd-") as tmp:
@@ -277,6 +296,11 @@ def test_two_guests_replicate_through_drbd(kernel, tmp_path):
         capture("drbd-proc-synctarget.txt", b.run("cat /proc/drbd"))
         capture("drbd-status-synctarget.txt", b.run(f"{DRBDSETUP_GUEST} status r0"))
         print(text)
+        source = reported(text, tmp_path)
+        assert (source["resource"], source["minor"], source["role"]) == ("r0", 0, "Primary")
+        assert (source["replication"], source["peer_disk"]) == ("SyncSource", "Inconsistent")
+        assert 0 < source["sync"]["percent"] < 100 and source["sync"]["done_kib"] >= 4096
+        assert source["in_sync"] is False and source["out_of_sync_kib"] > 0
         a.run(sh(resync_rate_command(RESOURCE, "drbd-a", 512000)))
         wait_proc_drbd(a, lambda d: d.in_sync, what="in sync")
 
@@ -300,6 +324,9 @@ def test_two_guests_replicate_through_drbd(kernel, tmp_path):
             assert device.connected and device.in_sync, device
             assert (device.role, device.peer_role) == ("Primary", "Primary")
             assert device.protocol == "C" and device.out_of_sync_kib == 0
+            both = reported(text, tmp_path)
+            assert both["in_sync"] and (both["role"], both["peer_role"]) == ("Primary", "Primary")
+            assert both["resource"] == "r0" and both["sync"] is None
         (status,) = parse_drbdadm_status(status_b)
         assert (status.resource, status.role, status.peer_role) == ("r0", "Primary", "Primary")
         assert status.in_sync and status.out_of_sync_kib == 0
@@ -315,6 +342,9 @@ def test_two_guests_replicate_through_drbd(kernel, tmp_path):
         capture("drbd-proc-wfconnection.txt", text)
         capture("drbd-status-wfconnection.txt", a.run(f"{DRBDSETUP_GUEST} status r0"))
         assert parse_proc_drbd(text).minor(0).out_of_sync_kib == 2048
+        waiting = reported(text, tmp_path)
+        assert (waiting["connection"], waiting["peer_role"]) == ("Connecting", "Unknown")
+        assert waiting["out_of_sync_kib"] == 2048 and not waiting["in_sync"]
         for argv in up_commands(RESOURCE, "drbd-b"):
             b.run(sh(argv))
         text = wait_proc_drbd(a, lambda d: d.in_sync, what="in sync again")

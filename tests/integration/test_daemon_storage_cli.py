@@ -1,14 +1,25 @@
 """Volumes, exports and storage maintenance through cloudctl and a real cloudctld.
 
 The test reports for the storage nodes' agents over the API (what `cloudctl storage serve`
-does), so maintenance jobs can be followed to the end.
+does), so maintenance jobs can be followed to the end. DRBD state is reported by the storage
+agent itself (StorageAgent, with real /proc/drbd captures from tests/unit/aoe/fixtures).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
+from pathlib import Path
+
+import pytest
+
+from cloudctl.aoe.agent import StorageAgent
+from cloudctl.aoe.drbdreport import DrbdReader
+from cloudctl.cli.client import ApiClient, CliError
+
+FIXTURES = Path(__file__).parents[1] / "unit" / "aoe" / "fixtures"
 
 
 def _nodes(daemon):
@@ -201,3 +212,117 @@ def test_maintenance_waits_for_mirror_agents_and_follows_the_resync(daemon):
         hn1.stop.set()
         for thread in [*agents, hn1.thread]:
             thread.join(timeout=5)
+
+
+def _drbd_agent(daemon, snode: str, directory: Path, proc: str | None, names: dict[str, int]):
+    """`storage serve`'s agent for `snode` (exports applied nowhere) reading a captured
+    /proc/drbd, with udev's by-res links for `names` (resource -> minor)."""
+    directory.mkdir()
+    proc_path = directory / "proc-drbd"
+    if proc is not None:
+        proc_path.write_text((FIXTURES / proc).read_text())
+    for resource, minor in names.items():
+        (directory / "by-res" / resource).mkdir(parents=True)
+        (directory / "by-res" / resource / "0").symlink_to(f"../../../drbd{minor}")
+
+    def no_drbdadm() -> str:
+        raise AssertionError("DRBD 8.4: drbdadm status must not run")
+
+    client = ApiClient(str(daemon.socket))
+
+    async def apply(plans) -> None:
+        pass
+
+    agent = StorageAgent(
+        directory / "legs",
+        lambda: client.request("GET", f"/v1/storage/{snode}/exports"),
+        lambda body: client.request("POST", f"/v1/storage/{snode}/report", body),
+        apply,
+        read_drbd=DrbdReader(proc_path, directory / "by-res", no_drbdadm),
+    )
+    assert asyncio.run(agent.sync_once())
+    client.close()
+
+
+def test_storage_status_shows_drbd_state_reported_by_storage_agents(daemon, tmp_path):
+    _nodes(daemon)
+    daemon.cli("volume", "create", "vol1", "--size", "10M", "--mirror", "sn1,sn2")
+    daemon.cli("node", "add", "--mac", "52:54:00:aa:01:10", "--role", "snode", "--name", "sn4")
+    # vol1's resource in the middle of its initial sync, seen from both ends; sn3 runs a
+    # resource that is no cloudctl volume; sn4 has no DRBD.
+    _drbd_agent(daemon, "sn1", tmp_path / "sn1", "drbd-proc-syncsource.txt", {"vol1": 0})
+    _drbd_agent(daemon, "sn2", tmp_path / "sn2", "drbd-proc-synctarget.txt", {"vol1": 0})
+    _drbd_agent(daemon, "sn3", tmp_path / "sn3", "drbd-proc-wfconnection.txt", {"old": 0})
+    _drbd_agent(daemon, "sn4", tmp_path / "sn4", None, {})
+
+    status = daemon.api("GET", "/v1/storage")
+    assert sorted(status["drbd"]) == ["sn1", "sn2", "sn3"]
+    assert sorted(status["agents"]) == ["sn1", "sn2", "sn3", "sn4"]
+    (source,) = status["drbd"]["sn1"]["resources"]
+    assert source["resource"] == "vol1" and source["minor"] == 0
+    assert (source["role"], source["peer_role"], source["replication"]) == (
+        "Primary",
+        "Secondary",
+        "SyncSource",
+    )
+    assert source["sync"] == {
+        "action": "sync",
+        "percent": 25.0,
+        "done_kib": 4120,
+        "total_kib": 32728,
+        "out_of_sync_kib": 28608,
+        "finish_s": 6,
+        "speed_kib_s": 4120,
+    }
+    assert daemon.cli_json("storage", "status")["drbd"] == status["drbd"]
+
+    text = daemon.cli("storage", "status").stdout
+    bar = "[#####...............]"
+    (vol1,) = [line for line in text.splitlines() if line.startswith("vol1 ")]
+    assert vol1.endswith(
+        f"sn1: Primary/UpToDate -> sn2 Secondary/Inconsistent SyncSource {bar} 25%; "
+        f"sn2: Secondary/Inconsistent -> sn1 Primary/UpToDate SyncTarget {bar} 25%"
+    )
+    assert (
+        "drbd old on sn3 (no such volume): Primary/UpToDate -> peer Connecting, "
+        "2.0 MiB out of sync\n"
+    ) in text
+    assert re.search(r"^drbd sn1: 1 device, reported \d{4}-", text, re.MULTILINE)
+
+
+def test_storage_report_checks_and_keeps_drbd_state(daemon):
+    _nodes(daemon)
+    status_before = daemon.api("GET", "/v1/storage")
+    assert status_before["drbd"] == {}
+    device = {
+        "resource": "vol1",
+        "connection": "Connected",
+        "replication": "Established",
+        "role": "Primary",
+        "peer_role": "Secondary",
+        "disk": "UpToDate",
+        "peer_disk": "UpToDate",
+    }
+    answer = daemon.api("POST", "/v1/storage/sn1/report", {"exports": [], "drbd": [device]})
+    assert answer["snode"] == "sn1"
+    (kept,) = daemon.api("GET", "/v1/storage")["drbd"]["sn1"]["resources"]
+    assert kept["in_sync"] is True and kept["minor"] is None and kept["sync"] is None
+
+    for bad, message in (
+        ({**device, "sync": {"action": "sync", "percent": 101}}, "drbd[0].sync.percent must be"),
+        ({**device, "role": 7}, "drbd[0].role must be a word of printable characters"),
+        ({k: v for k, v in device.items() if k != "disk"}, "drbd[0]: missing disk"),
+    ):
+        with pytest.raises(CliError, match=re.escape(message)):
+            daemon.api("POST", "/v1/storage/sn1/report", {"exports": [], "drbd": [bad]})
+    with pytest.raises(CliError, match="drbd must be a list of resource objects"):
+        daemon.api("POST", "/v1/storage/sn1/report", {"exports": [], "drbd": "vol1"})
+
+    # An agent without DRBD reporting (or whose reading failed) leaves the last state.
+    daemon.api("POST", "/v1/storage/sn1/report", {"exports": ["e1.0"]})
+    status = daemon.api("GET", "/v1/storage")
+    assert status["agents"]["sn1"]["exports"] == ["e1.0"]
+    assert status["drbd"]["sn1"]["resources"] == [kept]
+    # null: DRBD is gone from that node.
+    daemon.api("POST", "/v1/storage/sn1/report", {"exports": [], "drbd": None})
+    assert daemon.api("GET", "/v1/storage")["drbd"] == {}
