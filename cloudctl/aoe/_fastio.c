@@ -1,63 +1,42 @@
 /*
- * The AoE target's READ fast path in C (cloudctl.aoe._fastio).
+ * The AoE target's READ/WRITE fast path in C (cloudctl.aoe._fastio).
  *
  * Measured on the 2-core lab machine, the Python path cost ~10-25 us of user time per frame
  * when frames come one at a time (fio's 4 KiB random reads): cache-cold bytecode, and CPU taken
  * from the qemu guest on the same cores. This module does what vblade does for the frames that
  * dominate every workload, with the GIL released: receive, answer an in-range READ from an
- * allowed host with one pread, send. Every other frame (WRITEs, which need the group commit,
- * discovery, errors, anything malformed) is handed back to Python untouched, so responder.py
- * stays the one place that decides AoE. `FastPath.answer` is the same per-frame function
- * without the socket: tests compare its bytes with the Python responder's, frame by frame.
+ * allowed host with one pread and send; queue an in-range WRITE (a copy of its data and its
+ * answer) for the group commit. Every other frame (discovery, errors, anything malformed) is
+ * handed back to Python untouched, so responder.py stays the one place that decides AoE.
+ * `FastPath.answer` is the same per-frame function without the socket: tests compare its bytes
+ * with the Python responder's, frame by frame.
  *
- * Only a READ that the Python fast path would answer successfully is answered here (same
+ * Only a READ or WRITE that the Python fast path would answer successfully is taken here (same
  * checks: addressed to us, version 1, no flags, command ATA, a unicast source other than us,
- * the MAC mask and reservation, 0 < count <= max sectors, in range); a short or failed pread
- * falls back too, and Python then sends the error answer.
+ * the MAC mask and reservation, 0 < count <= max sectors, in range, a WRITE's data all there
+ * and its export writable); a short or failed pread falls back too, and Python then sends the
+ * error answer.
+ *
+ * WRITEs keep the target's promise: no answer before the data is on stable storage. The reader
+ * queues them and wakes the commit thread (`Waker`, an eventfd); the commit thread calls
+ * `take_writes` (pwritev of the queue, adjacent writes merged), fdatasyncs the stores in Python
+ * (backing.py decides what a failed fdatasync means), then `finish` sends the answers, as ATA
+ * errors for the descriptors whose write or sync failed.
+ *
+ * This file holds the frame path, the FastPath type and the module; the WRITE queue, the
+ * commit side and the Waker are in _fastio_commit.c.
  *
  * Export table: set from Python (`set_exports`) under a mutex that every frame's lookup and
  * pread hold, so once `set_exports` returns no frame uses a descriptor of the previous table:
  * the caller may close those files.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastio.h"
 
 #include <errno.h>
-#include <pthread.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/types.h>
 #include <unistd.h>
-
-#define MAC_LEN 6
-#define ATA_DATA_OFFSET 36 /* Ethernet 14 + AoE 10 + ATA 12 */
-#define PREFIX_LEN 14      /* answer bytes 6..19: our MAC, ethertype, verflags, error, major, minor, command */
-#define SECTOR 512
-#define ATA_READ 0x20
-#define ATA_READ_EXT 0x24
-#define STATUS_DRDY 0x40
-#define LBA28_MASK 0x0FFFFFFFu
-
-typedef struct {
-    uint32_t key;   /* major << 8 | minor */
-    int fd;         /* buffered descriptor of the backing file (owned by Python) */
-    uint64_t sectors;
-    uint8_t prefix[PREFIX_LEN];
-    Py_ssize_t nmask, nreserve;
-    uint8_t *macs;  /* nmask MACs, then nreserve MACs */
-} export_t;
-
-typedef struct {
-    PyObject_HEAD
-    pthread_mutex_t lock;
-    uint8_t mac[MAC_LEN];
-    unsigned max_sectors;
-    export_t *exports; /* sorted by key */
-    Py_ssize_t nexports;
-    unsigned long long answered, sent, send_errors, fallbacks;
-} FastPath;
 
 static void free_exports(export_t *exports, Py_ssize_t n)
 {
@@ -132,9 +111,10 @@ static Py_ssize_t answer_frame(FastPath *self, const uint8_t *f, Py_ssize_t n, u
                    (uint64_t)f[31] << 24;
     uint64_t high = (uint64_t)f[32] | (uint64_t)f[33] << 8;
     uint64_t lba;
-    if (command == ATA_READ_EXT)
+    int write = command == ATA_WRITE || command == ATA_WRITE_EXT;
+    if (command == ATA_READ_EXT || command == ATA_WRITE_EXT)
         lba = low | high << 32;
-    else if (command == ATA_READ)
+    else if (command == ATA_READ || command == ATA_WRITE)
         lba = low & LBA28_MASK;
     else
         return 0;
@@ -148,10 +128,17 @@ static Py_ssize_t answer_frame(FastPath *self, const uint8_t *f, Py_ssize_t n, u
     if (lba + count > e->sectors)
         return 0;
     size_t length = (size_t)count * SECTOR;
-    if ((Py_ssize_t)(ATA_DATA_OFFSET + length) > capacity)
-        return 0;
-    if (!pread_full(e->fd, out + ATA_DATA_OFFSET, length, (off_t)(lba * SECTOR)))
-        return 0;
+    if (write) {
+        if (!e->writable || n < (Py_ssize_t)(ATA_DATA_OFFSET + length) || capacity < MIN_FRAME)
+            return 0;
+        memset(out, 0, MIN_FRAME);
+    } else {
+        if ((Py_ssize_t)(ATA_DATA_OFFSET + length) > capacity)
+            return 0;
+        if (!pread_full(e->fd, out + ATA_DATA_OFFSET, length, (off_t)(lba * SECTOR)))
+            return 0;
+        overlay_queued(&self->queue, e->fd, lba * SECTOR, length, out + ATA_DATA_OFFSET);
+    }
     memcpy(out, src, MAC_LEN);
     memcpy(out + MAC_LEN, e->prefix, PREFIX_LEN);
     memcpy(out + 20, f + 20, 4); /* tag */
@@ -161,6 +148,12 @@ static Py_ssize_t answer_frame(FastPath *self, const uint8_t *f, Py_ssize_t n, u
     out[27] = STATUS_DRDY;
     memcpy(out + 28, f + 28, 6); /* LBA as the request had it, device/head bits included */
     out[34] = out[35] = 0;
+    if (write) {
+        if (!queue_push(&self->queue, e->fd, lba * SECTOR, f + ATA_DATA_OFFSET, length,
+                        (uint8_t)count, out))
+            return 0;
+        return WRITE_QUEUED;
+    }
     return (Py_ssize_t)(ATA_DATA_OFFSET + length);
 }
 
@@ -195,20 +188,22 @@ static PyObject *FastPath_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
 static void FastPath_dealloc(FastPath *self)
 {
     free_exports(self->exports, self->nexports);
+    free_queue(&self->queue);
+    Py_CLEAR(self->waker);
     pthread_mutex_destroy(&self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* One table entry from (shelf, slot, fd, sectors, prefix, mask, reserve); mask and reserve are
- * bytes holding whole 6-byte MACs. */
+/* One table entry from (shelf, slot, fd, sectors, prefix, mask, reserve, writable); mask and
+ * reserve are bytes holding whole 6-byte MACs. */
 static int parse_export(PyObject *item, export_t *e)
 {
     unsigned shelf, slot;
-    int fd;
+    int fd, writable;
     unsigned long long sectors;
     Py_buffer prefix, mask, reserve;
-    if (!PyArg_ParseTuple(item, "IIiKy*y*y*", &shelf, &slot, &fd, &sectors, &prefix, &mask,
-                          &reserve))
+    if (!PyArg_ParseTuple(item, "IIiKy*y*y*p", &shelf, &slot, &fd, &sectors, &prefix, &mask,
+                          &reserve, &writable))
         return -1;
     int ok = shelf <= 0xFFFF && slot <= 0xFF && fd >= 0 && prefix.len == PREFIX_LEN &&
              mask.len % MAC_LEN == 0 && reserve.len % MAC_LEN == 0;
@@ -216,6 +211,7 @@ static int parse_export(PyObject *item, export_t *e)
         e->key = shelf << 8 | slot;
         e->fd = fd;
         e->sectors = sectors;
+        e->writable = writable;
         memcpy(e->prefix, prefix.buf, PREFIX_LEN);
         e->nmask = mask.len / MAC_LEN;
         e->nreserve = reserve.len / MAC_LEN;
@@ -229,7 +225,7 @@ static int parse_export(PyObject *item, export_t *e)
     } else {
         PyErr_SetString(PyExc_ValueError,
                         "an export is (shelf 0..65535, slot 0..255, fd >= 0, sectors, 14-byte "
-                        "prefix, mask MACs, reserve MACs)");
+                        "prefix, mask MACs, reserve MACs, writable)");
     }
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&mask);
@@ -300,6 +296,8 @@ static PyObject *FastPath_answer(FastPath *self, PyObject *args)
         pthread_mutex_lock(&self->lock);
         length = answer_frame(self, frame.buf, frame.len, out.buf, out.len);
         pthread_mutex_unlock(&self->lock);
+        if (length == WRITE_QUEUED)
+            length = MIN_FRAME; /* queued; its answer is also in out */
     }
     PyBuffer_Release(&frame);
     PyBuffer_Release(&out);
@@ -335,9 +333,15 @@ static PyObject *FastPath_serve(FastPath *self, PyObject *args)
         Py_ssize_t length = answer_frame(self, in.buf, n, out.buf, out.len);
         if (length > 0)
             self->answered++;
+        else if (length == WRITE_QUEUED)
+            self->writes++;
         else
             self->fallbacks++;
         pthread_mutex_unlock(&self->lock);
+        if (length == WRITE_QUEUED) {
+            waker_wake(self->waker);
+            continue;
+        }
         if (length == 0) {
             result = n; /* Python handles the frame in `in` */
             break;
@@ -359,8 +363,28 @@ static PyObject *FastPath_serve(FastPath *self, PyObject *args)
 
 static PyObject *FastPath_counters(FastPath *self, PyObject *Py_UNUSED(ignored))
 {
-    return Py_BuildValue("{sKsKsKsK}", "answered", self->answered, "sent", self->sent,
-                         "send_errors", self->send_errors, "fallbacks", self->fallbacks);
+    return Py_BuildValue("{sKsKsKsKsK}", "answered", self->answered, "writes", self->writes,
+                         "sent", self->sent, "send_errors", self->send_errors, "fallbacks",
+                         self->fallbacks);
+}
+
+static PyObject *FastPath_set_waker(FastPath *self, PyObject *arg)
+{
+    if (!PyObject_TypeCheck(arg, &WakerType)) {
+        PyErr_SetString(PyExc_TypeError, "set_waker takes a Waker");
+        return NULL;
+    }
+    Py_INCREF(arg);
+    Py_XSETREF(self->waker, (Waker *)arg); /* set before the reader starts */
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_queued(FastPath *self, PyObject *Py_UNUSED(ignored))
+{
+    pthread_mutex_lock(&self->lock);
+    size_t count = self->queue.count;
+    pthread_mutex_unlock(&self->lock);
+    return PyLong_FromSize_t(count);
 }
 
 static PyMethodDef FastPath_methods[] = {
@@ -378,7 +402,19 @@ static PyMethodDef FastPath_methods[] = {
      "frame is in buffer) or the receive times out or is interrupted (returns 0). Other "
      "receive errors raise OSError."},
     {"counters", (PyCFunction)FastPath_counters, METH_NOARGS,
-     "counters() -> dict: answered, sent, send_errors, fallbacks (frames handed to Python)."},
+     "counters() -> dict: answered (READs), writes (queued), sent, send_errors, fallbacks "
+     "(frames handed to Python)."},
+    {"set_waker", (PyCFunction)FastPath_set_waker, METH_O,
+     "set_waker(waker): the Waker fired when a WRITE is queued. Call before serving."},
+    {"queued", (PyCFunction)FastPath_queued, METH_NOARGS,
+     "queued() -> int: WRITEs waiting for take_writes."},
+    {"take_writes", (PyCFunction)FastPath_take_writes, METH_NOARGS,
+     "take_writes() -> (batch, written, failed): take the queued WRITEs and pwrite them (adjacent "
+     "ones merged) with the GIL released; written lists the descriptors written to, failed "
+     "those where a write failed. Nothing is durable yet: fdatasync, then finish(batch)."},
+    {"finish", (PyCFunction)FastPath_finish, METH_VARARGS,
+     "finish(sock_fd, batch, failed) -> int: send the batch's answers on sock_fd, as ATA errors "
+     "for the WRITEs to descriptors in failed (write or fdatasync failed); returns how many."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -402,7 +438,7 @@ static struct PyModuleDef fastio_module = {
 
 PyMODINIT_FUNC PyInit__fastio(void)
 {
-    if (PyType_Ready(&FastPathType) < 0)
+    if (PyType_Ready(&FastPathType) < 0 || PyType_Ready(&WakerType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&fastio_module);
     if (module == NULL)
@@ -410,6 +446,12 @@ PyMODINIT_FUNC PyInit__fastio(void)
     Py_INCREF(&FastPathType);
     if (PyModule_AddObject(module, "FastPath", (PyObject *)&FastPathType) < 0) {
         Py_DECREF(&FastPathType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&WakerType);
+    if (PyModule_AddObject(module, "Waker", (PyObject *)&WakerType) < 0) {
+        Py_DECREF(&WakerType);
         Py_DECREF(module);
         return NULL;
     }

@@ -1,7 +1,8 @@
 """The AoE target's threads and sockets: one blocking reader thread per interface (receive,
 hand the frame to the responder, send the answer: vblade's model) and one commit thread that
 makes queued WRITEs durable and then sends their answers itself. Moves frames only; every
-protocol decision stays in responder.py, every write and fdatasync in backing.py.
+protocol decision stays in responder.py (and its C twin for READ/WRITE, _fastio.c), every
+fdatasync in backing.py.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cloudctl.aoe import ata
 from cloudctl.aoe.backing import CommitGroup, FileBlockStore
@@ -23,10 +24,10 @@ from cloudctl.aoe.codec import ETHERTYPE_AOE, HEADER_LEN, AoeCodecError, max_sec
 if TYPE_CHECKING:
     from cloudctl.aoe.responder import Responder
 
-try:  # the C READ fast path (_fastio.c), built by `pip install`; without it Python serves all
-    from cloudctl.aoe._fastio import FastPath
+try:  # the C fast path (_fastio.c), built by `pip install`; without it Python serves all
+    from cloudctl.aoe._fastio import FastPath, Waker
 except ImportError:  # pragma: no cover - a source tree nobody built
-    FastPath = None
+    FastPath = Waker = None
 
 __all__ = ["NATIVE", "GroupCommitter", "Port", "PortError", "interface_mtu", "open_port"]
 
@@ -67,9 +68,10 @@ class Port:
     """One interface: its socket, the responder's `handle` for it (swapped by the target under
     the I/O lock) and its reader thread. Counters are written by this port's threads only.
 
-    With `native` (the C fast path, _fastio.c) the reader waits in C with the GIL released, and
-    in-range READs from allowed hosts are answered there; every other frame comes back to the
-    responder here. `install` keeps the C export table in line with the responder."""
+    With `native` (the C fast path, _fastio.c) the reader waits in C with the GIL released:
+    in-range READs from allowed hosts are answered there and WRITEs queued there for the commit
+    thread; every other frame comes back to the responder here. `install` keeps the C export
+    table in line with the responder."""
 
     def __init__(
         self, name: str, sock: socket.socket, mac: bytes, mtu: int, *, native: bool = NATIVE
@@ -81,6 +83,8 @@ class Port:
         self.responder: Responder | None = None  # its handle() is what the reader calls
         self.handle: Handler | None = None
         self.native = FastPath(mac) if native and FastPath is not None else None
+        # Stores by descriptor, for the C queue's writes (kept until the store is closed).
+        self.native_stores: dict[int, FileBlockStore] = {}
         self.sent = self.send_errors = self.crashes = 0
         self.write_sent = self.write_send_errors = 0  # by the commit thread
         self._buf = bytearray(FRAME_BUFFER_BYTES)
@@ -90,6 +94,7 @@ class Port:
         self._stopping = False
 
     def start(self, lock: threading.Lock, group: CommitGroup, committer: GroupCommitter) -> None:
+        committer.attach(self)
         self._thread = threading.Thread(
             target=self._serve,
             args=(lock, group, committer),
@@ -120,12 +125,19 @@ class Port:
         self.responder = responder
         self.handle = responder.handle
         if self.native is not None:
-            self.native.set_exports(*responder.native_table())
+            self._native_table()
+
+    def _native_table(self) -> None:
+        assert self.native is not None and self.responder is not None
+        max_sectors, exports, stores = self.responder.native_table()
+        self.native.set_exports(max_sectors, exports)
+        known = {**self.native_stores, **stores}
+        self.native_stores = {fd: s for fd, s in known.items() if s.read_fd == fd}
 
     def native_counters(self) -> dict[str, int]:
         """The C path's counters (answered, sent, send_errors, fallbacks); zeros without it."""
         if self.native is None:
-            return dict.fromkeys(("answered", "sent", "send_errors", "fallbacks"), 0)
+            return dict.fromkeys(("answered", "writes", "sent", "send_errors", "fallbacks"), 0)
         return self.native.counters()
 
     def send_write_answer(self, answer: bytes | bytearray) -> None:
@@ -193,7 +205,7 @@ class Port:
                     add_writes(self, answers, group.last_store, buf[_COUNT_AT])
                     continue
                 if native is not None and n > _COMMAND_AT and buf[_COMMAND_AT] in _TABLE_COMMANDS:
-                    native.set_exports(*self.responder.native_table())
+                    self._native_table()
             for answer in answers:
                 try:
                     send(answer)
@@ -204,28 +216,56 @@ class Port:
                     self.sent += 1
 
 
-class GroupCommitter:
-    """The commit thread. Readers `add` write answers (holding the I/O lock); the thread takes
-    everything waiting (pwritev under the lock), fdatasyncs outside it while the readers go on,
-    then sends the group's answers. WRITEs that arrive meanwhile form the next group.
+class _LockWaker:
+    """The Waker (_fastio.c) in Python, for a build without the extension: a bare lock that
+    the commit thread blocks on and `wake` releases. arm and wake run under the I/O lock."""
 
-    An idle thread sleeps on a bare lock that `add` releases: two C calls per group, where a
-    Condition costs a new lock and Python bookkeeping per wait. `groups` counts commit cycles,
-    `largest_group` the most answers in one, `busy_seconds` the time from take to the last
-    answer sent, summed."""
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held while nobody woke the thread
+        self._armed = False
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def wake(self) -> None:
+        if self._armed:
+            self._armed = False
+            self._lock.release()
+
+    def wait(self) -> None:
+        self._lock.acquire()
+
+
+class GroupCommitter:
+    """The commit thread. Readers queue WRITEs: in Python with `add` (holding the I/O lock),
+    or in C (ports answering in C, `attach`ed); either wakes the thread. It takes everything
+    waiting (pwritev under the lock), fdatasyncs outside it while the readers go on, then sends
+    the group's answers. WRITEs that arrive meanwhile form the next group.
+
+    The thread arms its waker before it looks for work and sleeps on it when there is none:
+    a WRITE queued after the look wakes it (an eventfd from C, or a bare lock in Python: two C
+    calls per group, where a Condition costs a new lock and Python bookkeeping per wait).
+    `groups` counts commit cycles, `largest_group` the most answers in one, `busy_seconds` the
+    time from take to the last answer sent, summed."""
 
     def __init__(self, lock: threading.Lock, group: CommitGroup) -> None:
-        self._lock = lock  # the I/O lock: guards _waiting, _idle, _stopping
-        self._wake = threading.Lock()
-        self._wake.acquire()  # held while nobody woke the thread
+        self._lock = lock  # the I/O lock: guards _waiting, _stopping and arming
+        self.waker = Waker() if Waker is not None else _LockWaker()
         self._group = group
         self._waiting: list[tuple[Port, bytes | bytearray, FileBlockStore | None, int]] = []
-        self._idle = False
+        self._ports: list[Port] = []  # those answering in C: their queues are taken too
         self._busy = False
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.groups = self.largest_group = self.crashes = 0
         self.busy_seconds = 0.0
+
+    def attach(self, port: Port) -> None:
+        """Take `port`'s C write queue with every group. Before the port's reader starts."""
+        if port.native is not None:
+            port.native.set_waker(self.waker)
+            self._ports.append(port)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._serve, name="aoe-commit", daemon=True)
@@ -241,9 +281,7 @@ class GroupCommitter:
         """Queue write answers for the next commit. The caller holds the I/O lock."""
         for answer in answers:
             self._waiting.append((port, answer, store, count))
-        if self._idle:
-            self._idle = False
-            self._wake.release()
+        self.waker.wake()
 
     def settle(self, rounds: int = 1 << 30) -> None:
         """Block until no write answer waits for a commit, or `rounds` commits ended. Two
@@ -251,16 +289,21 @@ class GroupCommitter:
         takes what waited meanwhile (more could starve under a steady stream of writes).
         Polls: it runs on export changes only, and the hot path then needs no notification."""
         until = self.groups + rounds
-        while (self._waiting or self._busy) and self.groups < until and self.alive:
+        while (
+            (self._waiting or self._busy or self._native_queued())
+            and self.groups < until
+            and self.alive
+        ):
             time.sleep(0.001)
+
+    def _native_queued(self) -> list[Port]:
+        return [port for port in self._ports if port.native.queued()]
 
     def stop(self) -> None:
         """Commit and answer what waits, then end the thread. Call after the readers stopped."""
         with self._lock:
             self._stopping = True
-            if self._idle:
-                self._idle = False
-                self._wake.release()
+            self.waker.wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -281,33 +324,45 @@ class GroupCommitter:
 
     def _cycle(self) -> bool:
         group = self._group
+        batches: list[tuple[Port, Any, list[int], set[int]]] = []
         with self._lock:
-            if not self._waiting:
+            self.waker.arm()  # before looking: a WRITE queued from here on wakes the thread
+            natives = self._native_queued()
+            if not self._waiting and not natives:
                 if self._stopping:
                     return False
-                self._idle = True
                 answers = None
             else:
                 answers, self._waiting = self._waiting, []
                 self._busy = True
                 started = time.perf_counter()
                 try:
-                    stores: list[FileBlockStore] | None = group.take()  # readers wait: reads
-                except Exception:  # see these writes. A bug: nothing is known durable.
+                    for port in natives:
+                        batch, written, unwritten = port.native.take_writes()
+                        batches.append((port, batch, written, set(unwritten)))
+                    # Readers wait meanwhile: reads see these writes.
+                    stores: list[FileBlockStore] | None = group.take()
+                except Exception:  # a bug: nothing is known durable.
                     self.crashes += 1
                     log.exception("AoE commit failed to write out its group")
                     stores = None
         if answers is None:
-            self._wake.acquire()  # until add() or stop() releases it
+            self.waker.wait()  # until a WRITE is queued, or stop()
             return True
         failed: set[FileBlockStore] | None = None
         if stores is not None:
+            syncing = dict.fromkeys(stores)
+            for port, _, written, unwritten in batches:
+                for fd in written:
+                    store = port.native_stores.get(fd)
+                    if store is not None and fd not in unwritten:
+                        syncing[store] = None
             try:
-                failed = group.sync(stores)
+                failed = group.sync(list(syncing))
             except Exception:
                 self.crashes += 1
                 log.exception("AoE commit failed to sync its group")
-        self._finish(answers, failed, started)
+        self._finish(answers, failed, started, batches)
         return True
 
     def _finish(
@@ -315,6 +370,7 @@ class GroupCommitter:
         answers: list[tuple[Port, bytes | bytearray, FileBlockStore | None, int]],
         failed: set[FileBlockStore] | None,
         started: float,
+        batches: list[tuple[Port, Any, list[int], set[int]]],
     ) -> None:
         if failed is None:
             for port, answer, _, count in answers:
@@ -328,9 +384,22 @@ class GroupCommitter:
         else:
             for port, answer, _, _ in answers:
                 port.send_write_answer(answer)
+        size = len(answers)
+        for port, batch, written, unwritten in batches:
+            # Answered as ATA errors: writes that failed, stores whose sync failed or that
+            # nobody knows (not synced: never acknowledge them).
+            bad = [
+                fd
+                for fd in written
+                if fd in unwritten
+                or failed is None
+                or port.native_stores.get(fd) is None
+                or port.native_stores[fd] in failed
+            ]
+            size += port.native.finish(port.sock.fileno(), batch, bad)
         self.groups += 1
-        if len(answers) > self.largest_group:
-            self.largest_group = len(answers)
+        if size > self.largest_group:
+            self.largest_group = size
         self.busy_seconds += time.perf_counter() - started
         self._busy = False
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from cloudctl.aoe import ata
 from cloudctl.aoe.backing import BlockStore, MemoryBlockStore
@@ -204,15 +205,20 @@ class Responder:
         target = self._targets[(shelf, slot)]
         return ExportState(target.config, tuple(target.mask), tuple(target.reserve))
 
-    def native_table(self) -> tuple[int, list[tuple[int, int, int, int, bytes, bytes, bytes]]]:
-        """What the C READ fast path needs (`_fastio.FastPath.set_exports` arguments): the most
-        sectors per frame, and the exports whose store reads through a plain descriptor
-        (`read_fd`), with their answer template and current MAC mask and reservation. Frames
-        for other exports, and every frame with fast_path=False, stay with this responder."""
-        exports = []
+    def native_table(
+        self,
+    ) -> tuple[int, list[tuple[int, int, int, int, bytes, bytes, bytes, bool]], dict[int, Any]]:
+        """What the C fast path needs: `_fastio.FastPath.set_exports` arguments (the most
+        sectors per frame, and the exports whose store reads through a plain descriptor,
+        `read_fd`, with their answer template, current MAC mask and reservation, and whether
+        WRITEs may be queued in C: writable and not O_DIRECT), and those stores by descriptor
+        (the commit thread syncs them). Frames for other exports, and every frame with
+        fast_path=False, stay with this responder."""
+        exports, stores = [], {}
         for target in self._target_list if self._by_key else ():
             fd = getattr(target.store, "read_fd", -1)
             if fd >= 0:
+                writable = not target.read_only and not getattr(target.store, "direct", True)
                 exports.append(
                     (
                         target.shelf,
@@ -222,9 +228,11 @@ class Responder:
                         target.reply_prefix,
                         b"".join(target.mask),
                         b"".join(target.reserve),
+                        writable,
                     )
                 )
-        return self._max_sectors, exports
+                stores[fd] = target.store
+        return self._max_sectors, exports, stores
 
     def handle(self, frame: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Answer one received Ethernet frame: zero or more frames to send, each at least 60

@@ -134,7 +134,9 @@ class AoeTarget:
 
     Threads (ports.py), as vblade does it: each interface has a reader thread blocked in recv
     that hands each frame to its responder and sends the answer; the asyncio loop only starts,
-    reconfigures and stops them. One lock (the I/O lock) is held while a responder handles a
+    reconfigures and stops them. With `native` (the default where _fastio.c is built) the
+    reader waits in C, answers in-range READs and queues in-range WRITEs there, and hands every
+    other frame to the responder. One lock (the I/O lock) is held while a responder handles a
     frame, while the commit thread takes its group, and while the export set is swapped, so
     responders and stores are only ever used by one thread at a time.
 
@@ -283,9 +285,9 @@ class AoeTarget:
             base = self._bases[port.name]
             for field in _RESPONDER_FIELDS:
                 totals[field] += getattr(current, field) - base[field]
-            native = port.native_counters()  # READs answered in C never reach the responder
-            totals["received"] += native["answered"]
-            totals["handled"] += native["answered"]
+            native = port.native_counters()  # frames taken in C never reach the responder
+            totals["received"] += native["answered"] + native["writes"]
+            totals["handled"] += native["answered"] + native["writes"]
             totals["sent"] += port.sent + port.write_sent + native["sent"]
             totals["send_errors"] += port.send_errors + port.write_send_errors
             totals["send_errors"] += native["send_errors"]

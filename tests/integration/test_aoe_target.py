@@ -381,6 +381,15 @@ def test_100000_mutated_frames_then_the_target_still_answers(rig):
     )
 
 
+def _write_offset(line: str) -> int:
+    """The file offset of a traced pwritev/pwritev2 (fd, [iovecs], count, offset[, flags]) or
+    pwrite64 (fd, "data"..., length, offset), finished or not."""
+    vectored = re.search(r"\], \d+, (\d+)(?:, \d+)?(?:\)| <unfinished)", line)
+    if vectored:
+        return int(vectored.group(1))
+    return int(re.findall(r", \d+, (\d+)(?:\)| <unfinished)", line)[-1])
+
+
 def synced_before_answered(trace: str) -> int:
     """Check an `strace -f -s 40 -xx` log of the target: every WRITE answer (sendto) left after
     an fdatasync that started after the pwrite (or pwritev) carrying the answer's data and had
@@ -393,11 +402,11 @@ def synced_before_answered(trace: str) -> int:
     for index, line in enumerate(trace.splitlines()):
         pid = line.split()[0]
         if re.search(r"pwrite(64|v2?)\(", line) and "unfinished" in line:
-            writing[pid] = int(re.findall(r", (\d+)(?:, \d+)? <unfinished", line)[-1])
+            writing[pid] = _write_offset(line)
         elif re.search(r"pwrite(64|v2?)[( ]", line) and (match := re.search(r" = (\d+)$", line)):
             offset = writing.pop(pid) if "resumed" in line else None
             if offset is None:
-                offset = int(re.findall(r", (\d+)(?:, \d+)?\) += \d+$", line)[-1])
+                offset = _write_offset(line)
             writes.append((offset, offset + int(match.group(1)), index))
         elif "fdatasync(" in line and "unfinished" in line:
             started[pid] = index

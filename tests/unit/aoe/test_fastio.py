@@ -1,21 +1,25 @@
-"""The C READ fast path (cloudctl/aoe/_fastio.c) against the Python responder: every answer it
-gives is byte for byte the responder's, it answers the in-range READs of allowed hosts and hands
-everything else back, it follows MAC mask and reservation changes once its table is set again,
-and 100,000 mutated frames never crash it nor get an answer the responder would not give."""
+"""The C fast path (cloudctl/aoe/_fastio.c) against the Python responder: every answer it gives
+is byte for byte the responder's, it answers the in-range READs and queues the in-range WRITEs
+of allowed hosts and hands everything else back, its queued WRITEs reach the file and are
+answered as errors where the commit failed, it follows MAC mask and reservation changes once its
+table is set again, and 100,000 mutated frames never crash it nor get an answer the responder
+would not give."""
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 from pathlib import Path
 
 import pytest
 
 from cloudctl.aoe import _fastio  # built by `pip install -e .`: not built is a failure
 from cloudctl.aoe.ata import AtaCommand
-from cloudctl.aoe.backing import FileBlockStore
+from cloudctl.aoe.backing import CommitGroup, FileBlockStore
 from cloudctl.aoe.codec import (
     AFLAG_EXTENDED,
+    AFLAG_WRITE,
     BROADCAST_MAC,
     AoeFrame,
     AtaArg,
@@ -33,6 +37,7 @@ from tests.unit.aoe import test_fuzz
 TARGET, HOST_A, HOST_B = test_fuzz.TARGET, test_fuzz.HOST_A, test_fuzz.HOST_B
 STRANGER = bytes.fromhex("525400000003")
 READ, READ_EXT = AtaCommand.READ_SECTORS, AtaCommand.READ_SECTORS_EXT
+WRITE, WRITE_EXT = AtaCommand.WRITE_SECTORS, AtaCommand.WRITE_SECTORS_EXT
 
 
 class Rig:
@@ -50,7 +55,8 @@ class Rig:
         for spec in specs:
             path = tmp_path / f"e{spec.shelf}.{spec.slot}"
             path.write_bytes(rng.randbytes(spec.size_sectors * 512))
-            self.stores[spec] = FileBlockStore(path, read_only=spec.read_only)
+            # A group: the responder queues its writes instead of syncing each.
+            self.stores[spec] = FileBlockStore(path, read_only=spec.read_only, group=CommitGroup())
         self.responder = Responder(
             self.stores, target_mac=TARGET, max_sectors_per_frame=max_sectors
         )
@@ -59,7 +65,8 @@ class Rig:
         self.out = bytearray(65536)
 
     def refresh(self) -> None:
-        self.fast.set_exports(*self.responder.native_table())
+        max_sectors, exports, _ = self.responder.native_table()
+        self.fast.set_exports(max_sectors, exports)
 
     def answer(self, frame: bytes | bytearray) -> bytes | None:
         n = self.fast.answer(frame, self.out)
@@ -100,11 +107,18 @@ def test_28_bit_reads_ignore_the_device_bits_as_the_responder_does(rig) -> None:
     assert [got] == [bytes(a) for a in rig.responder.handle(frame)]
 
 
-def test_everything_but_a_servable_read_goes_back_to_python(rig) -> None:
-    write = AtaArg(AFLAG_EXTENDED | 1, 0, 1, AtaCommand.WRITE_SECTORS_EXT, 0, bytes(512))
+def write(lba: int, data: bytes, *, command: int = WRITE_EXT, major=0, minor=1) -> bytes:
+    aflags = (AFLAG_EXTENDED if command == WRITE_EXT else 0) | AFLAG_WRITE
+    arg = AtaArg(aflags, 0, len(data) // 512, command, lba, data)
+    return encode_frame(AoeFrame(TARGET, HOST_A, major, minor, 0x05060708, arg))
+
+
+def test_everything_but_a_servable_read_or_write_goes_back_to_python(rig) -> None:
     identify = AtaArg(0, 0, 1, AtaCommand.IDENTIFY_DEVICE, 0)
     frames = [
-        encode_frame(AoeFrame(TARGET, HOST_A, 0, 1, 1, write)),
+        write(0, bytes(512), major=1, minor=1),  # read-only export
+        write(0, bytes(1024))[: 36 + 1023],  # data cut short
+        write(63, bytes(1024)),  # crosses the end
         encode_frame(AoeFrame(TARGET, HOST_A, 0, 1, 1, identify)),
         read(63, 2),  # crosses the end
         read(64, 1),
@@ -124,6 +138,48 @@ def test_everything_but_a_servable_read_goes_back_to_python(rig) -> None:
         frames.append(bytes(changed))
     for frame in frames:
         assert rig.answer(frame) is None, frame.hex()
+    assert rig.fast.queued() == 0
+
+
+@pytest.mark.parametrize("command", (WRITE, WRITE_EXT), ids=("WRITE", "WRITE_EXT"))
+def test_writes_are_queued_written_out_and_answered_like_the_responders(tmp_path, command) -> None:
+    rig = Rig(tmp_path)
+    (tmp_path / "twin").mkdir()
+    twin = Rig(tmp_path / "twin")  # the same contents, served in Python
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        rng = random.Random(3)
+        frames = [write(lba, rng.randbytes(1024), command=command) for lba in (4, 6, 8, 30, 0)]
+        for frame in frames:
+            got = rig.answer(frame)
+            assert got is not None
+            assert [got] == [bytes(a) for a in twin.responder.handle(frame)]
+        assert rig.fast.queued() == 5
+        batch, written, failed = rig.fast.take_writes()
+        assert rig.fast.queued() == 0 and failed == []
+        (store,) = [s for s in rig.stores.values() if s.path.name == "e0.1"]
+        assert written == [store.read_fd]
+        for s in twin.stores.values():
+            s.write_queued()
+        assert (tmp_path / "e0.1").read_bytes() == (tmp_path / "twin" / "e0.1").read_bytes()
+        assert rig.fast.finish(ours.fileno(), batch, []) == 5
+        answers = [theirs.recv(100) for _ in frames]
+        assert answers == [bytes(a) for f in frames for a in twin.responder.handle(f)]
+        assert rig.fast.finish(ours.fileno(), batch, []) == 0  # answered once only
+        # A failed commit: the same WRITEs answered as ATA errors (ABRT, count, DRDY|ERR).
+        for frame in frames:
+            rig.answer(frame)
+        batch, written, _ = rig.fast.take_writes()
+        assert rig.fast.finish(ours.fileno(), batch, written) == 5
+        for frame in frames:
+            answer = theirs.recv(100)
+            assert (answer[25], answer[26], answer[27]) == (0x04, 2, 0x41)
+            assert answer[20:24] == frame[20:24]
+    finally:
+        ours.close()
+        theirs.close()
+        rig.close()
+        twin.close()
 
 
 def test_mask_and_reservation_changes_take_effect_with_the_next_table(rig) -> None:
@@ -155,9 +211,9 @@ def test_an_empty_table_serves_nothing_and_bad_tables_are_refused(rig) -> None:
     with pytest.raises(ValueError, match="max_sectors"):
         rig.fast.set_exports(0, [])
     with pytest.raises(ValueError, match="prefix"):
-        rig.fast.set_exports(2, [(0, 1, 0, 8, b"short", b"", b"")])
+        rig.fast.set_exports(2, [(0, 1, 0, 8, b"short", b"", b"", True)])
     with pytest.raises(ValueError, match="two exports"):
-        rig.fast.set_exports(2, [(0, 1, 0, 8, prefix, b"", b"")] * 2)
+        rig.fast.set_exports(2, [(0, 1, 0, 8, prefix, b"", b"", True)] * 2)
     with pytest.raises(ValueError, match="distinct"):
         rig.fast.answer(rig.out, rig.out)
     with pytest.raises(ValueError, match="6 bytes"):
@@ -174,6 +230,7 @@ def test_mutated_frames_never_get_an_answer_the_responder_would_not_give(
     reads = [
         read(lba, 2, command=c, minor=m) for c in (READ, READ_EXT) for m in (1, 2) for lba in (0, 6)
     ]
+    reads += [write(lba, bytes(1024), command=c) for c in (WRITE, WRITE_EXT) for lba in (0, 6)]
     seeds = test_fuzz.corpus() + reads * 2
     answered = 0
     try:
