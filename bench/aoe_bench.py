@@ -116,7 +116,10 @@ def bench_mtu(
             with backing.open("wb") as handle:  # allocated, not sparse: overwrites only
                 for _ in range(SIZE_MIB):
                     handle.write(bytes(1 << 20))
-            boot = rig.boot(memory=512)
+            # A device idle longer than aoe_deadsecs is failed by the guest's driver, and with
+            # three servers a device waits ~5 minutes between its turns: 180 s (the default)
+            # failed vblade's e3.1 once (I/O error) and left one dd hanging.
+            boot = rig.boot(memory=512, deadsecs=3600)
             print(f"MTU {mtu}: guest agent up {boot:.1f} s after qemu started", flush=True)
             for round_no in range(rounds):
                 # Alternate who goes first: the machine's load drifts during a run.
