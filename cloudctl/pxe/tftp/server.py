@@ -48,7 +48,12 @@ from cloudctl.pxe.tftp.session import (
     refuse_write,
 )
 from cloudctl.pxe.tftp.transport import ReadAhead, enable_gso, netascii
-from cloudctl.pxe.tftp.workers import WorkerPool, WorkerStartError
+from cloudctl.pxe.tftp.workers import (
+    HandedTransfer,
+    WorkerPool,
+    WorkerStartError,
+    memfd_of,
+)
 
 __all__ = ["TftpServer", "TftpStartError", "netascii"]
 
@@ -75,19 +80,6 @@ NETASCII_TOO_BIG = "netascii is for text files up to 8 MiB; ask in octet (binary
 
 class TftpStartError(Exception):
     """The TFTP listener could not be opened; the message says why and what to check."""
-
-
-class _Handed:
-    """A transfer running in a worker process: what the caps and the log need of it."""
-
-    __slots__ = ("client_ip", "key", "name", "started", "transfer_id")
-
-    def __init__(self, transfer_id: int, peer: tuple[str, int], name: str) -> None:
-        self.transfer_id = transfer_id
-        self.key = peer
-        self.client_ip = peer[0]
-        self.name = name
-        self.started = time.monotonic()
 
 
 def interface_mtu(interface: str) -> int:
@@ -149,11 +141,11 @@ class TftpServer:
         self._listener: socket.socket | None = None
         self._epoll: select.epoll | None = None
         self._handlers: dict[int, Callable[[], None]] = {}
-        self._transfers: dict[tuple[str, int], LoopTransfer | _Handed] = {}
+        self._transfers: dict[tuple[str, int], LoopTransfer | HandedTransfer] = {}
         self._per_client: Counter[str] = Counter()
         self._gso = True  # until the kernel refuses it once
         self._pool: WorkerPool | None = None
-        self._handed: dict[int, _Handed] = {}  # by transfer id
+        self._handed: dict[int, HandedTransfer] = {}  # by transfer id
         self._last_id = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -436,7 +428,7 @@ class TftpServer:
             if isinstance(file, DiskFile):
                 file_fd = file.fileno()
             else:
-                memfd = file_fd = _memfd(file.content)
+                memfd = file_fd = memfd_of(file.content)
             self._last_id += 1
             handoff = Handoff(self._last_id, addr, request, self.limits, self._gso)
             handed = self._pool.hand_off(handoff, sock.fileno(), file_fd)
@@ -451,7 +443,7 @@ class TftpServer:
             self._reply_once(local_ip, addr, encode_error(ErrorCode.NOT_DEFINED, BUSY_MESSAGE))
             return
         self.counters["started"] += 1
-        transfer = _Handed(handoff.transfer_id, addr, request.filename)
+        transfer = HandedTransfer(handoff.transfer_id, addr, request.filename)
         self._handed[transfer.transfer_id] = transfer
         self._transfers[addr] = transfer
         self._per_client[addr[0]] += 1
@@ -571,7 +563,7 @@ class TftpServer:
         self.counters["worker_lost"] += 1
         log.warning("TFTP %r to %s failed: its worker died", transfer.name, transfer.client_ip)
 
-    def _release(self, transfer: LoopTransfer | _Handed) -> bool:
+    def _release(self, transfer: LoopTransfer | HandedTransfer) -> bool:
         """Free the caps a transfer held; False if it was no longer counted."""
         if self._transfers.get(transfer.key) is not transfer:
             return False
@@ -607,15 +599,3 @@ class TftpServer:
         if self._gso:
             self._gso = False
             log.info("UDP segmentation offload unavailable (%s): one sendto per DATA packet", exc)
-
-
-def _memfd(content: bytes) -> int:
-    """An anonymous in-memory file holding `content`, to pass a rendered file to a worker."""
-    fd = os.memfd_create("cloudctl-tftp", os.MFD_CLOEXEC)
-    try:
-        with open(fd, "wb", closefd=False) as file:
-            file.write(content)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

@@ -28,7 +28,7 @@ from cloudctl.pxe.tftp.handoff import (
     encode_message,
 )
 
-__all__ = ["WorkerPool", "WorkerStartError"]
+__all__ = ["HandedTransfer", "WorkerPool", "WorkerStartError", "memfd_of"]
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +245,28 @@ class WorkerPool:
             )
             return
         self.restarts += 1
+
+
+class HandedTransfer:
+    """A transfer running in a worker process: what the caps and the log need of it."""
+
+    __slots__ = ("client_ip", "key", "name", "started", "transfer_id")
+
+    def __init__(self, transfer_id: int, peer: tuple[str, int], name: str) -> None:
+        self.transfer_id = transfer_id
+        self.key = peer
+        self.client_ip = peer[0]
+        self.name = name
+        self.started = time.monotonic()
+
+
+def memfd_of(content: bytes) -> int:
+    """An anonymous in-memory file holding `content`, to pass a rendered file to a worker."""
+    fd = os.memfd_create("cloudctl-tftp", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as file:
+            file.write(content)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
