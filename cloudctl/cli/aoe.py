@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudctl.cli.client import CliError
-from cloudctl.cli.output import print_json, print_table
+from cloudctl.cli.output import format_size, print_json, print_table
 
 __all__ = ["load_target_config", "main", "register"]
 
@@ -83,12 +83,7 @@ def _probe(args: argparse.Namespace, client: object = None) -> int:
 def _size(sectors: int | None) -> str | None:
     if sectors is None:
         return None
-    size = sectors * 512.0
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return None  # unreachable
+    return format_size(sectors * 512.0, ("B", "KiB", "MiB", "GiB", "TiB"))
 
 
 # --- serve ------------------------------------------------------------------------------------

@@ -34,6 +34,16 @@ def print_fields(data: dict[str, Any], keys: Sequence[str]) -> None:
         sys.stdout.write(f"{key.ljust(width)}  {'-' if value is None else value}\n")
 
 
+def format_size(amount: float, units: Sequence[str]) -> str:
+    """`amount` of units[0] in the largest of `units` (each 1024 of the one before) that keeps
+    it under 1024 (the last unit takes any size): "512 KiB", "1.5 MiB"."""
+    for unit in units:
+        if amount < 1024 or unit == units[-1]:
+            return f"{amount:.0f} {unit}" if unit == units[0] else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable: the last unit returns")
+
+
 def format_time(value: float | None) -> str | None:
     if value is None:
         return None

@@ -13,7 +13,7 @@ from cloudctl.aoe.drbd import DrbdStatus
 from cloudctl.aoe.drbdreport import status_from_json
 from cloudctl.cli.client import ApiClient, CliError
 from cloudctl.cli.job import watch_job
-from cloudctl.cli.output import format_time, print_json, print_table
+from cloudctl.cli.output import format_size, format_time, print_json, print_table
 from cloudctl.config import default_config_path, load_config
 from cloudctl.maintenance import progress_bar
 
@@ -158,15 +158,6 @@ def _mirror_state(volume: dict, mirrors: dict) -> str:
     return "; ".join(seen)
 
 
-def _kib(kib: int) -> str:
-    size = float(kib)
-    for unit in ("KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "KiB" else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""  # unreachable
-
-
 def _drbd_text(device: DrbdStatus, peer: str) -> str:
     """ "Primary/UpToDate -> sn2 Secondary/Inconsistent SyncSource [###...] 48%"."""
     text = f"{device.role}/{device.disk} -> {peer}"
@@ -181,7 +172,7 @@ def _drbd_text(device: DrbdStatus, peer: str) -> str:
             return f"{text} in sync"
         text += f" {device.replication}"
     if device.out_of_sync_kib:
-        text += f", {_kib(device.out_of_sync_kib)} out of sync"
+        text += f", {format_size(device.out_of_sync_kib, ('KiB', 'MiB', 'GiB'))} out of sync"
     return text
 
 
