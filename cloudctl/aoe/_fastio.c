@@ -391,14 +391,16 @@ static PyMethodDef FastPath_methods[] = {
     {"set_exports", (PyCFunction)FastPath_set_exports, METH_VARARGS,
      "set_exports(max_sectors, exports): replace the most sectors a frame may carry and the "
      "export table; each export is (shelf, slot, fd, sectors, 14-byte answer prefix, mask MACs "
-     "as bytes, reserve MACs as bytes). Once it returns, no frame uses the previous table's "
-     "descriptors."},
+     "as bytes, reserve MACs as bytes, writable: WRITEs queued here). Once it returns, no "
+     "frame uses the previous table's descriptors."},
     {"answer", (PyCFunction)FastPath_answer, METH_VARARGS,
      "answer(frame, out) -> int: the fast-path answer to one frame written into out and its "
-     "length, or 0 when Python must handle the frame. Counts nothing."},
+     "length, or 0 when Python must handle the frame; a WRITE is also queued (its answer "
+     "leaves with finish). Counts nothing."},
     {"serve", (PyCFunction)FastPath_serve, METH_VARARGS,
-     "serve(fd, buffer, out) -> int: receive and answer fast-path READs on the blocking packet "
-     "socket fd, with the GIL released, until a frame needs Python (returns its length; the "
+     "serve(fd, buffer, out) -> int: receive on the blocking packet socket fd, with the GIL "
+     "released, answering fast-path READs and queueing fast-path WRITEs (waking the Waker), "
+     "until a frame needs Python (returns its length; the "
      "frame is in buffer) or the receive times out or is interrupted (returns 0). Other "
      "receive errors raise OSError."},
     {"counters", (PyCFunction)FastPath_counters, METH_NOARGS,
