@@ -53,7 +53,7 @@ _STATUS_AT = HEADER_LEN + 3
 # AoE commands whose handling may change what the C fast path checks (MAC mask, reservation).
 _COMMAND_AT = HEADER_LEN - 5
 _TABLE_COMMANDS = frozenset({2, 3})
-# Whether ports answer READs in C by default: built, and not switched off with
+# Whether ports take READs and WRITEs in C by default: built, and not switched off with
 # CLOUDCTL_AOE_NATIVE=0 (to compare, or to rule it out).
 NATIVE = FastPath is not None and os.environ.get("CLOUDCTL_AOE_NATIVE", "1") != "0"
 
@@ -135,7 +135,8 @@ class Port:
         self.native_stores = {fd: s for fd, s in known.items() if s.read_fd == fd}
 
     def native_counters(self) -> dict[str, int]:
-        """The C path's counters (answered, sent, send_errors, fallbacks); zeros without it."""
+        """The C path's counters (answered READs, queued writes, sent, send_errors,
+        fallbacks); zeros without it."""
         if self.native is None:
             return dict.fromkeys(("answered", "writes", "sent", "send_errors", "fallbacks"), 0)
         return self.native.counters()
@@ -173,8 +174,8 @@ class Port:
         while not self._stopping:
             try:
                 if native is not None:
-                    # READs are answered in there; a frame for Python returns its length, a
-                    # receive timeout 0 (look at the stop flag).
+                    # READs are answered and WRITEs queued in there; a frame for Python
+                    # returns its length, a receive timeout 0 (look at the stop flag).
                     n = native.serve(fd, buf, out)
                     if not n:
                         continue
@@ -324,7 +325,9 @@ class GroupCommitter:
 
     def _cycle(self) -> bool:
         group = self._group
-        batches: list[tuple[Port, Any, list[int], set[int]]] = []
+        # Per port: its C batch, the descriptors written, and the stores of those written
+        # whole (the ones the sync may make durable).
+        batches: list[tuple[Port, Any, list[int], dict[int, FileBlockStore]]] = []
         with self._lock:
             self.waker.arm()  # before looking: a WRITE queued from here on wakes the thread
             natives = self._native_queued()
@@ -339,7 +342,11 @@ class GroupCommitter:
                 try:
                     for port in natives:
                         batch, written, unwritten = port.native.take_writes()
-                        batches.append((port, batch, written, set(unwritten)))
+                        known = port.native_stores
+                        whole = {
+                            fd: known[fd] for fd in written if fd in known and fd not in unwritten
+                        }
+                        batches.append((port, batch, written, whole))
                     # Readers wait meanwhile: reads see these writes.
                     stores: list[FileBlockStore] | None = group.take()
                 except Exception:  # a bug: nothing is known durable.
@@ -352,11 +359,8 @@ class GroupCommitter:
         failed: set[FileBlockStore] | None = None
         if stores is not None:
             syncing = dict.fromkeys(stores)
-            for port, _, written, unwritten in batches:
-                for fd in written:
-                    store = port.native_stores.get(fd)
-                    if store is not None and fd not in unwritten:
-                        syncing[store] = None
+            for _, _, _, whole in batches:
+                syncing.update(dict.fromkeys(whole.values()))
             try:
                 failed = group.sync(list(syncing))
             except Exception:
@@ -370,7 +374,7 @@ class GroupCommitter:
         answers: list[tuple[Port, bytes | bytearray, FileBlockStore | None, int]],
         failed: set[FileBlockStore] | None,
         started: float,
-        batches: list[tuple[Port, Any, list[int], set[int]]],
+        batches: list[tuple[Port, Any, list[int], dict[int, FileBlockStore]]],
     ) -> None:
         if failed is None:
             for port, answer, _, count in answers:
@@ -385,17 +389,10 @@ class GroupCommitter:
             for port, answer, _, _ in answers:
                 port.send_write_answer(answer)
         size = len(answers)
-        for port, batch, written, unwritten in batches:
+        for port, batch, written, whole in batches:
             # Answered as ATA errors: writes that failed, stores whose sync failed or that
             # nobody knows (not synced: never acknowledge them).
-            bad = [
-                fd
-                for fd in written
-                if fd in unwritten
-                or failed is None
-                or port.native_stores.get(fd) is None
-                or port.native_stores[fd] in failed
-            ]
+            bad = [fd for fd in written if failed is None or fd not in whole or whole[fd] in failed]
             size += port.native.finish(port.sock.fileno(), batch, bad)
         self.groups += 1
         if size > self.largest_group:
